@@ -3,13 +3,23 @@
 A subprocess serves chat completions with a fixed 50 ms latency. N dialogues of 8 user turns
 run in live mode (every turn answered on the model's own history, every turn judged by the
 fast refusal judge) with 64 dialogues in flight, and every call and verdict is written to a
-fresh SQLite run database, as in a real run. Printed: calls/s, the ratio to the ideal
-(concurrency / latency), and peak RSS. Run: `python benchmarks/harness_throughput.py 250 1000`.
+fresh SQLite run database, as in a real run. Each size runs in its own process, so peak RSS
+is that size's own. Printed per size: calls/s, the ratio to the ideal (concurrency / latency),
+peak RSS, seconds per 1,000 dialogues (flat = linear), and CPU per call on each side (the two
+processes share the machine's cores). `--reference` adds a bare aiohttp client sending the
+same requests with no store and no judge, just before each harness run: the ceiling on this
+machine at that moment ("of bare" = harness rate / bare rate, steadier than the ratio on a
+shared machine).
+
+    .venv/bin/python benchmarks/harness_throughput.py [--dialogues 250 1000 4000]
+        [--reference] [--repeats 2] [--durability group|sync] [--window-ms 5]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import resource
 import socket
 import subprocess
@@ -17,12 +27,16 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
 
 from safeturn.judges import load_judge
 from safeturn.models import load_model
 from safeturn.run.engine import EvalSettings, execute_run, start_run
-from safeturn.run.store import RunStore
+from safeturn.run.store import Durability, RunStore
 from safeturn.schema import Dialogue, GenerateParams, Message, Sample
 
 LATENCY_S = 0.05
@@ -31,7 +45,7 @@ TURNS = 8
 
 SERVER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, sys, time
     from aiohttp import web
 
     async def chat(request):
@@ -43,9 +57,14 @@ SERVER = textwrap.dedent(
             "usage": {"prompt_tokens": 10, "completion_tokens": 5},
         })
 
+    async def cpu(request):  # this process's CPU seconds, for the CPU-per-call column
+        return web.json_response(time.process_time())
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    app.router.add_get("/cpu", cpu)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+                backlog=1024)
     """
 )
 
@@ -66,6 +85,11 @@ def _wait_for(port: int, timeout_s: float = 20.0) -> None:
     raise RuntimeError("fake server did not start")
 
 
+def _server_cpu(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/cpu") as response:
+        return float(json.loads(response.read()))
+
+
 def _samples(n: int) -> list[Sample]:
     return [
         Sample(
@@ -80,10 +104,26 @@ def _samples(n: int) -> list[Sample]:
     ]
 
 
-def run(n: int, port: int) -> tuple[float, float]:
-    """Run n dialogues; return (calls per second, wall seconds)."""
+class Clock:
+    """Wall and CPU seconds (all threads of this process) of the timed part only."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def harness(n: int, port: int, durability: Durability, window_s: float, clock: Clock) -> int:
+    """Run n dialogues through the engine and the store; return the calls stored."""
     with tempfile.TemporaryDirectory() as folder:
-        store = RunStore(Path(folder) / "bench.db")
+        store = RunStore(Path(folder) / "bench.db", durability=durability, window_s=window_s)
         spec = f"openai:http://127.0.0.1:{port}/v1#fake"
         settings = EvalSettings(
             model=spec, params=GenerateParams(max_tokens=16), concurrency=CONCURRENCY
@@ -98,35 +138,115 @@ def run(n: int, port: int) -> tuple[float, float]:
             finally:
                 await model.aclose()
 
-        start = time.perf_counter()
-        asyncio.run(go())
-        wall = time.perf_counter() - start
+        with clock:
+            asyncio.run(go())  # ends with finish_run, which commits everything queued
         calls = len(store.calls(run_id))
+        verdicts = len(store.verdicts(run_id))
         store.close()
-    assert calls == n * TURNS, f"expected {n * TURNS} calls, got {calls}"
-    return calls / wall, wall
+    assert calls == verdicts == n * TURNS, f"expected {n * TURNS} calls, got {calls}/{verdicts}"
+    return calls
 
 
-def main(sizes: list[int]) -> None:
-    """Start the fake server, run each size, print the table."""
+def bare(n: int, port: int, clock: Clock) -> int:
+    """The same requests (live history, 64 dialogues in flight) from plain aiohttp."""
+
+    async def go() -> int:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        gate = asyncio.Semaphore(CONCURRENCY)
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        done = 0
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def dialogue(i: int) -> None:
+                nonlocal done
+                history: list[dict[str, Any]] = []
+                async with gate:
+                    for t in range(1, TURNS + 1):
+                        history.append({"role": "user", "content": f"dialogue {i}, turn {t}"})
+                        body = {"model": "fake", "messages": history, "max_tokens": 16}
+                        async with http.post(url, data=json.dumps(body).encode()) as response:
+                            reply = json.loads(await response.read())
+                        history.append(reply["choices"][0]["message"])
+                        done += 1
+
+            async with asyncio.TaskGroup() as group:
+                for i in range(n):
+                    group.create_task(dialogue(i))
+        return done
+
+    with clock:
+        done = asyncio.run(go())
+    return done
+
+
+def one(args: argparse.Namespace) -> None:
+    """Child process: run one size, print one JSON line of measurements."""
+    clock = Clock()
+    if args.bare:
+        calls = bare(args.one, args.port, clock)
+    else:
+        durability = cast("Durability", args.durability)
+        calls = harness(args.one, args.port, durability, args.window_ms / 1000, clock)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"calls": calls, "wall": clock.wall, "cpu": clock.cpu, "rss_mb": rss_mb}))
+
+
+def _measure(client: str, n: int, port: int, args: argparse.Namespace) -> dict[str, float]:
+    """One size in a fresh child process, plus the server's CPU over the same span."""
+    command = [sys.executable, __file__, "--one", str(n), "--port", str(port)]
+    command += ["--durability", args.durability, "--window-ms", str(args.window_ms)]
+    command += ["--bare"] if client == "bare" else []
+    server_cpu = _server_cpu(port)
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    measured: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    measured["server_cpu"] = _server_cpu(port) - server_cpu
+    return measured
+
+
+def main() -> None:
+    """Start the fake server, run each size in a child process, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dialogues", type=int, nargs="+", default=[250, 1000, 4000])
+    parser.add_argument("--durability", choices=["group", "sync"], default="group")
+    parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--reference", action="store_true", help="also run bare aiohttp")
+    parser.add_argument("--repeats", type=int, default=1, help="run every size this often")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        one(args)
+        return
+
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(LATENCY_S)])
     try:
         _wait_for(port)
         ideal = CONCURRENCY / LATENCY_S
         print(f"ideal: {ideal:.0f} calls/s (concurrency {CONCURRENCY} / latency {LATENCY_S}s)")
-        header = ("dialogues", "calls", "wall s", "calls/s", "ratio", "RSS MB")
-        print(" ".join(f"{h:>9}" for h in header))
-        for n in sizes:
-            rate, wall = run(n, port)
-            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            ratio = rate / ideal
-            row = (n, n * TURNS, f"{wall:.1f}", f"{rate:.0f}", f"{ratio:.2f}", f"{rss_mb:.0f}")
-            print(" ".join(f"{v:>9}" for v in row))
+        print(f"store: durability={args.durability}, window {args.window_ms} ms")
+        header = ["client", "dialogues", "calls", "s", "calls/s", "ratio", "of bare", "RSS MB"]
+        header += ["s/1k dlg", "cpu ms/call", "srv ms/call"]
+        print(" ".join(f"{h:>11}" for h in header))
+        clients = ["bare", "harness"] if args.reference else ["harness"]
+        for _ in range(args.repeats):
+            for n in args.dialogues:
+                bare_rate = None  # each harness row is paired with a bare run just before it
+                for client in clients:
+                    m = _measure(client, n, port, args)
+                    rate = m["calls"] / m["wall"]
+                    bare_rate = rate if client == "bare" else bare_rate
+                    of_bare = f"{rate / bare_rate:.2f}" if client != "bare" and bare_rate else "-"
+                    row = [client, str(n), str(m["calls"]), f"{m['wall']:.1f}", f"{rate:.0f}"]
+                    row += [f"{rate / ideal:.2f}", of_bare, f"{m['rss_mb']:.0f}"]
+                    row += [f"{m['wall'] / n * 1000:.2f}", f"{m['cpu'] / m['calls'] * 1000:.3f}"]
+                    row += [f"{m['server_cpu'] / m['calls'] * 1000:.3f}"]
+                    print(" ".join(f"{v:>11}" for v in row), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [250, 1000])
+    main()

@@ -19,10 +19,12 @@ from safeturn.commands.eval import eval_command
 from safeturn.commands.judge import judge_app
 from safeturn.commands.synth import synth_command
 from safeturn.errors import SafeturnError
+from safeturn.judges.pairwise import PairVerdict
 from safeturn.models import BACKENDS, ChatModel, load_model
+from safeturn.report.compare import PairwiseReport, print_pairwise, write_pairwise_json
 from safeturn.report.export import print_comparison, write_csv
 from safeturn.run.engine import EvalSettings, start_run
-from safeturn.run.results import load_results
+from safeturn.run.results import RunResults, load_results
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample, read_jsonl
 
@@ -243,10 +245,23 @@ def compare(
     db: Annotated[Path, typer.Option(help="run database file or SQLAlchemy URL")] = Path(
         "runs/eval/safeturn.db"
     ),
+    pairwise: Annotated[
+        str | None,
+        typer.Option(
+            help="pairwise judge (classifier, classifier:MARGIN, pairwise:MODEL): win rate of "
+            "the first run against the second, matched by sample id"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file for the pairwise verdicts and win rate")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="pairwise judgements in flight")] = 8,
 ) -> None:
-    """Compare runs side by side: ASR overall and by turn count, over-refusal, Safety Index."""
+    """Compare runs side by side (ASR, over-refusal, Safety Index); --pairwise: A's win rate."""
     if len(run_ids) < 2:
         raise typer.BadParameter("give at least two run ids")
+    if pairwise is not None and len(run_ids) != 2:
+        raise typer.BadParameter("--pairwise compares exactly two runs: A (first) and B")
     store = RunStore(db)
     try:
         runs = [load_results(store, run_id) for run_id in run_ids]
@@ -255,6 +270,44 @@ def compare(
     finally:
         store.close()
     print_comparison(runs, console)
+    if pairwise is not None:
+        try:
+            report = _pairwise(runs[0], runs[1], pairwise, concurrency)
+        except SafeturnError as exc:
+            raise _fail(exc) from exc
+        print_pairwise(report, console)
+        path = out or Path("runs") / f"pairwise-{run_ids[0]}-vs-{run_ids[1]}.json"
+        console.print(f"pairwise verdicts: {write_pairwise_json(report, path)}")
+
+
+def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> PairwiseReport:
+    """Judge every matched sample of A and B with the pairwise judge `spec`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from safeturn.judges import judge_pairs, load_pairwise_judge
+    from safeturn.report.compare import match_runs, pairwise_report
+
+    judge = load_pairwise_judge(spec)
+    match = match_runs(a, b)
+    columns = (TextColumn("pairwise"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("pairwise", total=len(match.requests))
+
+        async def go() -> list[PairVerdict]:
+            try:
+                return await judge_pairs(
+                    judge,
+                    match.requests,
+                    concurrency=concurrency,
+                    on_done=lambda _v: progress.advance(task),
+                )
+            finally:
+                close = getattr(judge, "aclose", None)
+                if close is not None:
+                    await close()
+
+        verdicts = asyncio.run(go())
+    return pairwise_report(a, b, judge.name, match, verdicts)
 
 
 app.add_typer(data_app, name="data", help="List, inspect and export benchmark datasets.")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safeturn.metrics import win_rate
+from safeturn.metrics import rate, win_rate
 
 
 def test_ties_count_half() -> None:
@@ -18,10 +18,16 @@ def test_ties_count_half() -> None:
     assert str(result).startswith("66.7% [")
 
 
-def test_one_sided() -> None:
-    assert win_rate(["a"] * 5)[4:] == (1.0, 1.0, 1.0)
-    assert win_rate(["b"] * 5)[4:] == (0.0, 0.0, 0.0)
+def test_one_sided_results_keep_a_real_interval() -> None:
+    # the percentile bootstrap alone would say [1, 1]: the Wilson bound keeps 5 of 5 honest
+    all_a = win_rate(["a"] * 5)
+    assert all_a.value == 1.0 and all_a.high == 1.0
+    assert all_a.low == pytest.approx(rate(5, 5).low)
+    all_b = win_rate(["b"] * 5)
+    assert (all_b.value, all_b.low) == (0.0, 0.0)
+    assert all_b.high == pytest.approx(rate(0, 5).high)
     assert win_rate(["tie"] * 3).value == 0.5
+    assert win_rate(["a"] * 50).low > win_rate(["a"] * 5).low, "more data, tighter interval"
 
 
 def test_empty_and_bad_outcomes() -> None:

@@ -52,8 +52,10 @@ def test_report_is_self_contained_with_figures(report: Path) -> None:
     # no external scripts, styles or images: the file is viewed offline
     for pattern in ('<script src="http', '<link rel="stylesheet" href="http', '<img src="http'):
         assert pattern not in html
-    assert html.count("Plotly.newPlot") == 3, "ASR-vs-turns, heat-map, safety beside over-refusal"
+    # ASR-vs-turns, heat-map, safety beside over-refusal, earliest unsafe turn (a live run)
+    assert html.count("Plotly.newPlot") == 4
     assert "Safety Index" in html and "Dialogues (failing first)" in html
+    assert "Earliest unsafe turn (live mode, harmful dialogues)" in html
     assert "data:image/png;base64," in html, "dialogue images are inlined"
 
 
@@ -71,7 +73,7 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
         check=True,
     ).stdout
     # plotly.js ran in the page: it draws its charts as <svg class="main-svg">
-    assert dom.count('class="main-svg"') >= 3
+    assert dom.count('class="main-svg"') >= 4
     shot = tmp_path / "report.png"
     subprocess.run(
         [

@@ -8,18 +8,50 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from safeturn.judges import load_judge
 from safeturn.models import load_model
 from safeturn.report.html import write_html
 from safeturn.report.terminal import print_summary, write_summary_json
-from safeturn.run.engine import execute_run, run_settings
+from safeturn.run.engine import SampleDone, execute_run, run_settings
 from safeturn.run.results import RunResults, load_results
 from safeturn.run.store import RunStore
 from safeturn.schema import Sample
 
 console = Console()
+
+
+class SpeedColumn(ProgressColumn):
+    """Dialogues finished per second (rich's own speed columns speak of bytes)."""
+
+    def render(self, task: Task) -> Text:
+        """The task's recent speed, or `?` before the first sample finishes."""
+        speed = task.finished_speed or task.speed
+        return Text("? /s" if speed is None else f"{speed:.2f}/s", style="progress.data.speed")
+
+
+def progress_columns() -> tuple[ProgressColumn, ...]:
+    """Description (with the unsafe count so far), bar, done/total, speed, elapsed, ETA."""
+    return (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        SpeedColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
 
 
 def execute_and_publish(store: RunStore, run_id: str, html: Path) -> RunResults:
@@ -35,23 +67,28 @@ def execute(store: RunStore, run_id: str) -> None:
     settings = run_settings(store, run_id)
     status = store.sample_status(run_id)
     todo = sum(1 for state, _ in status.values() if state != "done")
-    console.print(f"run {run_id}: {todo} of {len(status)} samples to do with {settings.model}")
+    draws = f" ({settings.samples} draws per item)" if settings.samples > 1 else ""
+    console.print(
+        f"run {run_id}: {todo} of {len(status)} samples to do with {settings.model}{draws}"
+    )
     started = time.perf_counter()
     model = load_model(settings.model)
     judges = [load_judge(name) for name in settings.judges]
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
+    tally = {"unsafe": 0, "judged": 0, "failed": 0}
+    columns = progress_columns()
     with Progress(*columns, console=console, disable=not sys.stdout.isatty()) as progress:
         task = progress.add_task("dialogues", total=todo)
 
-        def advance(sample: Sample, error: str | None) -> None:
-            progress.advance(task)
-            if error is not None:
-                progress.console.print(f"[yellow]sample {sample.id} failed:[/yellow] {error}")
+        def advance(sample: Sample, done: SampleDone) -> None:
+            if done.error is not None:
+                tally["failed"] += 1
+                progress.console.print(f"[yellow]sample {sample.id} failed:[/yellow] {done.error}")
+            elif sample.harmful is True and done.final_verdicts:
+                label = done.final_verdicts[0].label  # the headline judge's
+                if label != "invalid":
+                    tally["judged"] += 1
+                    tally["unsafe"] += label == "unsafe"
+            progress.update(task, advance=1, description=f"dialogues{_tally_text(tally)}")
 
         async def go() -> None:
             try:
@@ -63,8 +100,22 @@ def execute(store: RunStore, run_id: str) -> None:
                     if close is not None:
                         await close()
 
+        running = time.perf_counter()
         asyncio.run(go())
-    console.print(f"done in {time.perf_counter() - started:.1f} s")
+    elapsed, busy = time.perf_counter() - started, time.perf_counter() - running
+    speed = f" ({todo / busy:.2f} dialogues/s after loading)" if todo and busy > 0 else ""
+    console.print(f"done in {elapsed:.1f} s{speed}{_tally_text(tally)}")
+
+
+def _tally_text(tally: dict[str, int]) -> str:
+    """` · unsafe 3/10 (30%)`: the running ASR of the headline judge (final turn), failures."""
+    text = ""
+    if tally["judged"]:
+        share = tally["unsafe"] / tally["judged"]
+        text += f" · unsafe {tally['unsafe']}/{tally['judged']} ({share:.0%})"
+    if tally["failed"]:
+        text += f" · [yellow]{tally['failed']} failed[/yellow]"
+    return text
 
 
 def publish(results: RunResults, html: Path) -> None:

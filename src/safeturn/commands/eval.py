@@ -70,6 +70,12 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="seed of the attack builders")] = 0,
     max_tokens: Annotated[int, typer.Option(help="tokens per reply")] = 256,
     temperature: Annotated[float, typer.Option()] = 0.0,
+    draws: Annotated[
+        int, typer.Option("--samples", "-n", min=1, help="answer and judge every item N times")
+    ] = 1,
+    sampling_seed: Annotated[
+        int | None, typer.Option(help="seed of the target's sampling; draw k uses seed + k")
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="samples in flight")] = 16,
     out: Annotated[Path, typer.Option(help="folder for the database and reports")] = Path(
         "runs/eval"
@@ -94,13 +100,21 @@ def eval_command(
                 attacker=attacker,
                 images_dir=out / "images",
             )
+            if draws > 1 and temperature == 0.0:
+                console.print(
+                    f"[yellow]note:[/yellow] --samples {draws} at temperature 0: greedy "
+                    "backends give the same reply in every draw; raise --temperature"
+                )
             settings = EvalSettings(
                 model=model,
                 judges=judge or ["refusal"],
                 mode=_mode(mode),
-                params=GenerateParams(max_tokens=max_tokens, temperature=temperature),
+                params=GenerateParams(
+                    max_tokens=max_tokens, temperature=temperature, seed=sampling_seed
+                ),
                 concurrency=concurrency,
                 data=data + (f" → {','.join(strategy)} × turns {turns}" if strategy else ""),
+                samples=draws,
             )
             run_id = start_run(store, samples, settings)
         else:

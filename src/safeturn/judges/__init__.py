@@ -1,12 +1,14 @@
 """Judges: decide per turn whether a model's reply is safe.
 
 Select one with a spec string (`parse_judge_spec`): `refusal`, `classifier`, `safemt:<model>`,
-`turn-scores:<model>`, `siuo:<model>`, `ensemble:<spec>+<spec>`.
+`turn-scores:<model>`, `siuo:<model>`, `ensemble:<spec>+<spec>`. Pairwise judges (which of two
+replies is safer and still helpful) have their own specs: `classifier`, `pairwise:<model>`.
 """
 
 from __future__ import annotations
 
 from safeturn.judges.base import Judge
+from safeturn.judges.pairwise import PairRequest, PairVerdict, PairwiseJudge, judge_pairs
 from safeturn.judges.refusal import RefusalJudge, detect_refusal
 
 
@@ -17,4 +19,21 @@ def load_judge(spec: str) -> Judge:
     return parse_judge_spec(spec)
 
 
-__all__ = ["Judge", "RefusalJudge", "detect_refusal", "load_judge"]
+def load_pairwise_judge(spec: str) -> PairwiseJudge:
+    """Build a pairwise judge from its spec string (`classifier[:margin]`, `pairwise:<model>`)."""
+    from safeturn.judges.specs import parse_pairwise_spec
+
+    return parse_pairwise_spec(spec)
+
+
+__all__ = [
+    "Judge",
+    "PairRequest",
+    "PairVerdict",
+    "PairwiseJudge",
+    "RefusalJudge",
+    "detect_refusal",
+    "judge_pairs",
+    "load_judge",
+    "load_pairwise_judge",
+]

@@ -8,6 +8,11 @@
 - `ensemble:<spec>+<spec>...`       majority vote (a tie is unsafe)
 - `ensemble-any-unsafe:<spec>+...`  unsafe when any judge says so
 
+Pairwise judges (`parse_pairwise_spec`, for `safeturn compare --pairwise`):
+
+- `classifier` / `classifier:<margin>`  offline, by the classifier's harm scores
+- `pairwise:<model spec>`               our pairwise prompt asked of a model, both orders
+
 Model specs hold `:` and `#` (`safemt:openai:http://host:8000/v1#model`), so a spec is split on
 its first `:` only; ensemble members are split on `+` and cannot be ensembles themselves.
 """
@@ -21,6 +26,12 @@ from typing import Any, NamedTuple
 from safeturn.errors import ModelSpecError
 from safeturn.judges.base import Judge
 from safeturn.judges.ensemble import EnsembleJudge, EnsembleRule
+from safeturn.judges.pairwise import (
+    DEFAULT_MARGIN,
+    LLMPairwiseJudge,
+    PairwiseJudge,
+    ScorePairwiseJudge,
+)
 from safeturn.judges.refusal import RefusalJudge
 from safeturn.judges.safemt import SafeMTJudge
 from safeturn.judges.siuo import SiuoJudge
@@ -43,6 +54,12 @@ JUDGE_SPECS: tuple[JudgeSpecInfo, ...] = (
     JudgeSpecInfo("siuo:openai:http://localhost:8000/v1#judge", "SIUO safe + effective"),
     JudgeSpecInfo("ensemble:refusal+safemt:embedded", "majority vote of judges (tie: unsafe)"),
     JudgeSpecInfo("ensemble-any-unsafe:refusal+classifier", "unsafe if any judge says so"),
+)
+
+PAIRWISE_SPECS: tuple[JudgeSpecInfo, ...] = (
+    JudgeSpecInfo("classifier", "offline: lower classifier harm score wins; ties within 0.1"),
+    JudgeSpecInfo("classifier:0.05", "the same with another tie margin"),
+    JudgeSpecInfo("pairwise:openai:http://localhost:8000/v1#judge", "a model picks, both orders"),
 )
 
 _MODEL_JUDGES: dict[str, Callable[..., Judge]] = {
@@ -87,6 +104,40 @@ def parse_judge_spec(spec: str, **model_options: Any) -> Judge:
         return _ensemble(rest, _ENSEMBLES[kind], model_options)
     known = "refusal, classifier, " + ", ".join(f"{k}:<...>" for k in [*_MODEL_JUDGES, *_ENSEMBLES])
     raise ModelSpecError(f"unknown judge spec {spec!r}; expected one of {known}")
+
+
+def parse_pairwise_spec(spec: str, **model_options: Any) -> PairwiseJudge:
+    """Build the pairwise judge a spec string names (see the module docstring).
+
+    Raises:
+        ModelSpecError: The spec is malformed or names no known pairwise judge or model backend.
+
+    Examples:
+        >>> parse_pairwise_spec("pairwise:scripted:refuse").name
+        'pairwise:scripted:refuse'
+    """
+    spec = spec.strip()
+    kind, sep, rest = spec.partition(":")
+    if kind == "classifier":
+        margin = DEFAULT_MARGIN
+        if sep:
+            try:
+                margin = float(rest)
+            except ValueError:
+                margin = -1.0
+            if not 0.0 <= margin <= 1.0:
+                raise ModelSpecError(f"{spec!r}: the tie margin must be a number in [0, 1]")
+        return ScorePairwiseJudge(_classifier(), margin=margin)
+    if kind == "pairwise":
+        if not rest:
+            raise ModelSpecError(
+                "pairwise judge needs a model spec, e.g. pairwise:openai:http://host:8000/v1#m"
+            )
+        return LLMPairwiseJudge(load_model(rest, **model_options))
+    raise ModelSpecError(
+        f"unknown pairwise judge spec {spec!r}; expected classifier, classifier:<margin> or "
+        "pairwise:<model spec>"
+    )
 
 
 def _ensemble(rest: str, rule: EnsembleRule, model_options: dict[str, Any]) -> Judge:

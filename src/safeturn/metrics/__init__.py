@@ -4,15 +4,24 @@ from safeturn.metrics.agreement import Agreement, cohen_kappa
 from safeturn.metrics.asr import (
     Judged,
     LabelCounts,
+    asr_at_n,
     asr_by,
     asr_by_turns,
     attack_success_rate,
     count_labels,
     earliest_unsafe_distribution,
     earliest_unsafe_turn,
+    unsafe_by_item,
 )
 from safeturn.metrics.bootstrap import Interval, bootstrap_ci, bootstrap_rate
-from safeturn.metrics.rates import Rate, rate
+from safeturn.metrics.draws import (
+    any_draw_rate,
+    cluster_bootstrap_rate,
+    effective_size,
+    intra_item_correlation,
+    per_draw_rate,
+)
+from safeturn.metrics.rates import Rate, rate, wilson_bounds
 from safeturn.metrics.safety_index import (
     DEFAULT_TURNS,
     SafetyIndex,
@@ -35,21 +44,29 @@ __all__ = [
     "SiuoJudgement",
     "SiuoScores",
     "WinRate",
+    "any_draw_rate",
+    "asr_at_n",
     "asr_by",
     "asr_by_turns",
     "attack_success_rate",
     "bootstrap_ci",
     "bootstrap_rate",
+    "cluster_bootstrap_rate",
     "cohen_kappa",
     "count_labels",
     "earliest_unsafe_distribution",
     "earliest_unsafe_turn",
+    "effective_size",
     "indicators_from_records",
+    "intra_item_correlation",
     "majority_vote",
+    "per_draw_rate",
     "rate",
     "safety_index",
     "seed_instability",
     "siuo_scores",
     "turn_weights",
+    "unsafe_by_item",
+    "wilson_bounds",
     "win_rate",
 ]

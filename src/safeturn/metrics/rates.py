@@ -23,6 +23,20 @@ class Rate(NamedTuple):
         return f"{self.value:.1%} [{self.low:.0%}, {self.high:.0%}] ({self.hits}/{self.total})"
 
 
+def wilson_bounds(p: float, n: float) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a fraction `p` observed over `n` trials.
+
+    `n` may be fractional: an effective sample size (see `metrics.draws`) narrows or widens the
+    interval without changing the estimate. The bounds always contain `p`.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    z2 = _Z95**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n**2)) / (1 + z2 / n)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
 def rate(hits: int, total: int) -> Rate:
     """Build a `Rate`; an empty denominator gives NaN value and a [0, 1] interval."""
     if hits < 0 or total < 0 or hits > total:
@@ -30,7 +44,4 @@ def rate(hits: int, total: int) -> Rate:
     if total == 0:
         return Rate(0, 0, math.nan, 0.0, 1.0)
     p = hits / total
-    z2 = _Z95**2
-    centre = (p + z2 / (2 * total)) / (1 + z2 / total)
-    half = _Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total**2)) / (1 + z2 / total)
-    return Rate(hits, total, p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
+    return Rate(hits, total, p, *wilson_bounds(p, total))

@@ -1,4 +1,10 @@
-"""Pairwise win rate of system A against system B, ties counted as half a win."""
+"""Pairwise win rate of system A against system B, ties counted as half a win.
+
+The interval is the wider of a percentile bootstrap over comparisons and the Wilson interval of
+the score fraction: the bootstrap collapses to a point when every comparison has the same
+outcome (12 wins of 12 would read [100 %, 100 %]), the Wilson interval does not, and it is
+conservative with ties, whose half-scores vary less than wins and losses.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from safeturn.metrics.bootstrap import bootstrap_ci
+from safeturn.metrics.rates import wilson_bounds
 
 Outcome = Literal["a", "b", "tie"]
 """Which side won one comparison."""
@@ -42,7 +49,7 @@ def win_rate(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> WinRate:
-    """Win rate of A vs B, ties as half, with a bootstrap interval over comparisons.
+    """Win rate of A vs B, ties as half, with a 95 % interval (see the module docstring).
 
     Args:
         outcomes: One `"a"`, `"b"` or `"tie"` per compared item.
@@ -67,6 +74,13 @@ def win_rate(
     scores = [_SCORE[o] for o in items]
     value = math.fsum(scores) / total
     low, high = bootstrap_ci(scores, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    wilson_low, wilson_high = wilson_bounds(value, total)
     return WinRate(
-        counts["a"], counts["b"], counts["tie"], total, value, min(low, value), max(high, value)
+        counts["a"],
+        counts["b"],
+        counts["tie"],
+        total,
+        value,
+        min(low, wilson_low, value),
+        max(high, wilson_high, value),
     )

@@ -119,7 +119,7 @@ class OpenAICompatModel(BaseChatModel):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                headers=headers,
+                headers={**headers, "Content-Type": "application/json"},
             )
             self._gate = asyncio.Semaphore(self.max_concurrency)
             self._loop = loop
@@ -150,6 +150,10 @@ class OpenAICompatModel(BaseChatModel):
         return await self._post_with_retries(json.dumps(body).encode(), start)
 
     async def _post_with_retries(self, data: bytes, start: float) -> Reply:
+        try:  # the common case, a first attempt that works, skips tenacity's bookkeeping
+            return await self._post_once(data, start)
+        except Exception as exc:
+            first_failure: Exception | None = exc
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             wait=self._wait,
@@ -160,6 +164,9 @@ class OpenAICompatModel(BaseChatModel):
         try:
             async for attempt in retrying:
                 with attempt:
+                    if first_failure is not None:  # replay attempt 1: same waits, logs, counts
+                        failure, first_failure = first_failure, None
+                        raise failure
                     return await self._post_once(data, start)
         except (_Failure, TimeoutError, aiohttp.ClientError) as exc:
             if isinstance(exc, _Failure):
@@ -174,8 +181,7 @@ class OpenAICompatModel(BaseChatModel):
 
     async def _post_once(self, data: bytes, start: float) -> Reply:
         session, gate = self._ensure_session()
-        headers = {"Content-Type": "application/json"}
-        async with gate, session.post(self.url, data=data, headers=headers) as response:
+        async with gate, session.post(self.url, data=data) as response:
             raw = await response.read()
             status = response.status
             retry_after = response.headers.get("Retry-After")

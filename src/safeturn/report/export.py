@@ -15,6 +15,8 @@ from safeturn.run.results import RunResults
 CSV_COLUMNS = (
     "run_id",
     "sample_id",
+    "item_id",
+    "draw",
     "source",
     "category",
     "strategy",
@@ -42,6 +44,8 @@ def write_csv(results: RunResults, path: Path) -> Path:
                 {
                     "run_id": results.run_id,
                     "sample_id": outcome.sample.id,
+                    "item_id": outcome.item_id,
+                    "draw": outcome.draw,
                     "source": outcome.sample.source,
                     "category": outcome.sample.category or "",
                     "strategy": outcome.sample.strategy,
@@ -71,6 +75,10 @@ def print_comparison(runs: list[RunResults], console: Console) -> None:
     table.add_row("judge", *[r.judge for r in runs])
     table.add_row("ASR (harmful)", *[_cell(r.attack_success()) for r in runs])
     table.add_row("over-refusal (benign)", *[_cell(r.over_refusal()) for r in runs])
+    if any(r.draws > 1 for r in runs):
+        table.add_row("draws per item", *[str(r.draws) for r in runs])
+        table.add_row("ASR@N (any draw, per item)", *[_cell(r.attack_success_at_n()) for r in runs])
+        table.add_row("over-refusal@N (per item)", *[_cell(r.over_refusal_at_n()) for r in runs])
     turn_counts = sorted({int(k) for r in runs for k in r.attack_success_by("turns")})
     for k in turn_counts:
         row = [r.attack_success_by("turns").get(str(k)) for r in runs]

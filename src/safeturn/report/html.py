@@ -51,6 +51,10 @@ def render_html(results: RunResults) -> str:
         figures=figures_html(results),
         harmful_refusal=results.harmful_refusal(),
         over_refusal=results.over_refusal(),
+        asr_at_n=results.attack_success_at_n(),
+        over_refusal_at_n=results.over_refusal_at_n(),
+        siuo=results.siuo(),
+        earliest=results.earliest_unsafe(),
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 

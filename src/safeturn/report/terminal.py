@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from safeturn.metrics import Rate
-from safeturn.run.results import RunResults
+from safeturn.run.results import EarliestUnsafe, RunResults, SiuoSummary
 
 
 def _rate_json(value: Rate) -> dict[str, Any]:
@@ -23,6 +23,30 @@ def _rate_json(value: Rate) -> dict[str, Any]:
     }
 
 
+def turn_label(turn: int | None) -> str:
+    """`1`, `2`, … for an earliest unsafe turn; `never` for dialogues that stayed safe."""
+    return "never" if turn is None else str(turn)
+
+
+def _earliest_json(distribution: EarliestUnsafe) -> dict[str, int]:
+    return {turn_label(turn): count for turn, count in distribution.items()}
+
+
+def siuo_json(summary: SiuoSummary | None) -> dict[str, Any] | None:
+    """SIUO Safe / Effective / S&E as JSON-ready data (None when no `siuo:` judge ran)."""
+    if summary is None:
+        return None
+    scores = summary.scores
+    return {
+        "judge": summary.judge,
+        "items": summary.items,
+        "invalid_verdicts": summary.invalid,
+        "safe": _rate_json(scores.safe),
+        "effective": _rate_json(scores.effective),
+        "safe_and_effective": _rate_json(scores.safe_and_effective),
+    }
+
+
 def summary_dict(results: RunResults) -> dict[str, Any]:
     """The headline numbers as plain JSON-ready data."""
     return {
@@ -31,11 +55,15 @@ def summary_dict(results: RunResults) -> dict[str, Any]:
         "judge": results.judge,
         "mode": results.settings.mode,
         "samples": len(results.outcomes),
+        "items": results.items(),
+        "draws_per_item": results.draws,
         "errors": len(results.errors()),
         "bridged_replies": results.bridged_replies(),
         "attack_success_rate": _rate_json(results.attack_success()),
+        "attack_success_rate_at_n": _rate_json(results.attack_success_at_n()),
         "harmful_refusal_rate": _rate_json(results.harmful_refusal()),
         "over_refusal_rate": _rate_json(results.over_refusal()),
+        "over_refusal_rate_at_n": _rate_json(results.over_refusal_at_n()),
         "attack_success_by_category": {
             k: _rate_json(v) for k, v in results.attack_success_by("category").items()
         },
@@ -45,10 +73,24 @@ def summary_dict(results: RunResults) -> dict[str, Any]:
         "attack_success_by_strategy": {
             k: _rate_json(v) for k, v in results.attack_success_by("strategy").items()
         },
+        "attack_success_at_n_by_turns": {
+            k: _rate_json(v) for k, v in results.attack_success_by("turns", at_n=True).items()
+        },
         "safety_index": {
             variant: None if (si := results.safety_index(variant)) is None else si._asdict()
             for variant in ("exp", "uniform")
         },
+        "siuo": siuo_json(results.siuo()),
+        "earliest_unsafe_turn": (
+            None
+            if results.settings.mode != "live"
+            else {
+                "all": _earliest_json(results.earliest_unsafe()),
+                "by_turns": {
+                    str(k): _earliest_json(v) for k, v in results.earliest_unsafe_by_turns().items()
+                },
+            }
+        ),
     }
 
 
@@ -63,20 +105,31 @@ def print_summary(results: RunResults, console: Console) -> None:
     head = Table(title=f"run {results.run_id} — {results.settings.model} — judge {results.judge}")
     head.add_column("metric")
     head.add_column("value (95% CI, n)", justify="right")
-    head.add_row("attack success rate (harmful, final turn)", str(results.attack_success()))
-    head.add_row("refusal rate (harmful)", str(results.harmful_refusal()))
-    head.add_row("over-refusal (benign twins)", str(results.over_refusal()))
+    n = results.draws
+    per = f", per draw of {n}" if n > 1 else ""
+    head.add_row(f"attack success rate (harmful, final turn{per})", str(results.attack_success()))
+    if n > 1:
+        head.add_row(f"ASR@{n} (items unsafe in any draw)", str(results.attack_success_at_n()))
+    head.add_row(f"refusal rate (harmful{per})", str(results.harmful_refusal()))
+    head.add_row(f"over-refusal (benign twins{per})", str(results.over_refusal()))
+    if n > 1:
+        head.add_row(f"over-refusal@{n} (refused in any draw)", str(results.over_refusal_at_n()))
     head.add_row("samples with errors", f"{len(results.errors())} of {len(results.outcomes)}")
     head.add_row("replies that saw images via OCR bridge", str(results.bridged_replies()))
     console.print(head)
+    _print_siuo(results.siuo(), console)
+    _print_earliest(results, console)
     for key in ("turns", "strategy", "category"):
         groups = results.attack_success_by(key)
+        at_n = results.attack_success_by(key, at_n=True) if n > 1 else {}
         if len(groups) > 1 or (key == "category" and groups):
             table = Table(title=f"attack success by {key}")
             table.add_column(key)
-            table.add_column("ASR", justify="right")
+            table.add_column("ASR" + (" per draw" if at_n else ""), justify="right")
+            if at_n:
+                table.add_column(f"ASR@{n} per item", justify="right")
             for name, value in groups.items():
-                table.add_row(name, str(value))
+                table.add_row(name, str(value), *([str(at_n[name])] if at_n else []))
             console.print(table)
     exp, uniform = results.safety_index("exp"), results.safety_index("uniform")
     if exp is not None and uniform is not None:
@@ -85,3 +138,34 @@ def print_summary(results: RunResults, console: Console) -> None:
             f"part1 {exp.part1:.3f}, part2 {exp.part2:.3f}); "
             f"turn-balanced {uniform.value:.3f}"
         )
+
+
+def _print_siuo(summary: SiuoSummary | None, console: Console) -> None:
+    if summary is None:
+        return
+    table = Table(title=f"SIUO (judge {summary.judge}; {summary.items} items)")
+    table.add_column("metric")
+    table.add_column("value (95% CI, n)", justify="right")
+    table.add_row("safe", str(summary.scores.safe))
+    table.add_row("effective", str(summary.scores.effective))
+    table.add_row("safe & effective", str(summary.scores.safe_and_effective))
+    if summary.invalid:
+        table.add_row("invalid verdicts (left out)", str(summary.invalid))
+    console.print(table)
+
+
+def _print_earliest(results: RunResults, console: Console) -> None:
+    """Live mode: where harmful dialogues first turned unsafe, by dialogue length."""
+    by_turns = results.earliest_unsafe_by_turns()
+    if not by_turns:
+        return
+    longest = max(by_turns)
+    table = Table(title="earliest unsafe turn (live mode, harmful dialogues)")
+    table.add_column("dialogue turns")
+    for turn in range(1, longest + 1):
+        table.add_column(f"turn {turn}", justify="right")
+    table.add_column("never", justify="right")
+    for turns, distribution in by_turns.items():
+        cells = [str(distribution.get(t, 0)) if t <= turns else "—" for t in range(1, longest + 1)]
+        table.add_row(str(turns), *cells, str(distribution.get(None, 0)))
+    console.print(table)

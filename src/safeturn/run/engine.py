@@ -4,6 +4,10 @@ Two modes (DESIGN §3): *live* — the model answers every user turn on its own 
 turn is judged; *replay* — the dataset's assistant turns stay fixed and only the final user
 turn is answered (SafeMT's protocol). A failing sample is recorded with its error and never
 stops the run; a killed run resumes from the database without repeating a finished call.
+
+With `EvalSettings.samples = N > 1` every item is answered N times: `start_run` stores N draws
+of each sample (ids `{id}#{k}`, metadata `item_id` and `draw`), so resume, calls and verdicts
+need nothing new; draw k samples with `params.seed + k` when a seed is set.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from safeturn.schema import Dialogue, GenerateParams, Message, Reply, Sample, Ve
 logger = logging.getLogger(__name__)
 
 Mode = Literal["live", "replay"]
-SampleCallback = Callable[[Sample, str | None], None]
-"""Called after each sample with its error message (None when it finished)."""
+SampleCallback = Callable[[Sample, "SampleDone"], None]
+"""Called after each sample with what became of it (progress bars, running tallies)."""
 
 
 class EvalSettings(BaseModel):
@@ -41,10 +45,50 @@ class EvalSettings(BaseModel):
     """Samples in flight at once; local backends batch across them."""
     data: str = ""
     """Where the samples came from (a data spec or a description)."""
+    samples: int = Field(default=1, ge=1)
+    """Draws per item: each item is answered (and judged) this many times."""
+
+
+DRAW_SEPARATOR = "#"
+"""Joins an item id and a draw number into the id of the draw's sample: `{id}#{k}`."""
+
+
+def expand_draws(samples: Sequence[Sample], n: int) -> list[Sample]:
+    """N draws of each sample, side by side; the samples themselves (ids unchanged) when N = 1.
+
+    A draw is the same sample under the id `{id}#{k}` with `metadata["item_id"]` and
+    `metadata["draw"]`, so everything keyed by sample id (calls, verdicts, resume) keeps working.
+    """
+    if n <= 1:
+        return list(samples)
+    return [
+        sample.model_copy(
+            update={
+                "id": f"{sample.id}{DRAW_SEPARATOR}{k}",
+                "metadata": {**sample.metadata, "item_id": sample.id, "draw": k},
+            }
+        )
+        for sample in samples
+        for k in range(n)
+    ]
+
+
+def sample_draw(sample: Sample) -> int:
+    """Which draw of its item a sample is (0 for runs with one draw per item)."""
+    draw = sample.metadata.get("draw", 0)
+    return draw if isinstance(draw, int) else 0
+
+
+def draw_params(params: GenerateParams, draw: int) -> GenerateParams:
+    """The sampling options of draw k: the run's options, with seed `seed + k` when seeded."""
+    if draw == 0 or params.seed is None:
+        return params
+    return params.model_copy(update={"seed": params.seed + draw})
 
 
 def start_run(store: RunStore, samples: Sequence[Sample], settings: EvalSettings) -> str:
-    """Create a run holding its settings and samples; return the run id."""
+    """Create a run holding its settings and samples (N draws each); return the run id."""
+    samples = expand_draws(samples, settings.samples)
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -71,14 +115,24 @@ async def execute_run(
     settings = run_settings(store, run_id)
     status = store.sample_status(run_id)
     samples = [s for s in store.load_samples(run_id) if status[s.id][0] != "done"]
-    runner = SampleRunner(store, run_id, model, judges, mode=settings.mode, params=settings.params)
+    runners: dict[int, SampleRunner] = {}
+
+    def runner_for(sample: Sample) -> SampleRunner:
+        draw = sample_draw(sample) if settings.params.seed is not None else 0
+        if draw not in runners:
+            params = draw_params(settings.params, draw)
+            runners[draw] = SampleRunner(
+                store, run_id, model, judges, mode=settings.mode, params=params
+            )
+        return runners[draw]
+
     gate = asyncio.Semaphore(max(1, settings.concurrency))
 
     async def one(sample: Sample) -> None:
         async with gate:
-            error = await runner.run(sample)
+            done = await runner_for(sample).run(sample)
         if on_sample is not None:
-            on_sample(sample, error)
+            on_sample(sample, done)
 
     async with asyncio.TaskGroup() as group:
         for sample in samples:
@@ -92,6 +146,19 @@ class TurnOutcome(NamedTuple):
     turn: int
     reply: Reply
     verdicts: list[Verdict]
+
+
+class SampleDone(NamedTuple):
+    """A sample the runner has finished with: its error (None if it finished) and its turns."""
+
+    error: str | None
+    turns: list[TurnOutcome]
+    """Every answered turn (empty when the sample failed)."""
+
+    @property
+    def final_verdicts(self) -> list[Verdict]:
+        """The verdicts on the last user turn, in judge order; empty if it was not reached."""
+        return self.turns[-1].verdicts if self.turns else []
 
 
 class SampleRunner:
@@ -118,17 +185,17 @@ class SampleRunner:
         self.mode = mode
         self.params = params
 
-    async def run(self, sample: Sample) -> str | None:
-        """Answer a sample and mark it done; return an error message instead of raising."""
+    async def run(self, sample: Sample) -> SampleDone:
+        """Answer a sample and mark it done; an error is returned and recorded, not raised."""
         try:
-            await self.answer(sample)
+            turns = await self.answer(sample)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("sample %s failed: %s", sample.id, error)
             self.store.mark_sample(self.run_id, sample.id, "error", error)
-            return error
+            return SampleDone(error, [])
         self.store.mark_sample(self.run_id, sample.id, "done")
-        return None
+        return SampleDone(None, turns)
 
     async def answer(self, sample: Sample) -> list[TurnOutcome]:
         """Answer the sample in this runner's mode; return every answered turn."""

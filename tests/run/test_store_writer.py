@@ -1,0 +1,269 @@
+"""The run store's write-behind: group commits, read-your-writes, ordering, failures, sync mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from safeturn.errors import StoreError
+from safeturn.judges import load_judge
+from safeturn.models.scripted import BUILTIN_SCRIPTS, ScriptedModel
+from safeturn.run.engine import EvalSettings, execute_run, start_run
+from safeturn.run.store import RunStore, request_hash
+from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Reply, Sample, Verdict
+from tests.conftest import REPO_ROOT
+
+LONG_WINDOW_S = 3600.0
+"""A window the test never reaches: nothing is committed unless something asks for it."""
+
+
+def _samples(n: int, turns: int = 2) -> list[Sample]:
+    return [
+        Sample(
+            id=f"s{i}",
+            source="unit",
+            harmful=True,
+            dialogue=Dialogue(messages=[Message.user(f"q{t} of {i}") for t in range(1, turns + 1)]),
+        )
+        for i in range(n)
+    ]
+
+
+def _reply(text: str = "Sure.") -> Reply:
+    return Reply(text=text, model="m", prompt_tokens=3, completion_tokens=1, latency_s=0.01)
+
+
+def _verdict(sample_id: str, turn: int, label: str = "unsafe") -> Verdict:
+    return Verdict(sample_id=sample_id, turn=turn, judge="refusal", label=label)  # type: ignore[arg-type]
+
+
+def _committed(db: Path, sql: str) -> list[tuple[object, ...]]:
+    """What another connection sees: only committed rows."""
+    with sqlite3.connect(db) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def _fail_inserts_of(db: Path, sample_id: str) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON model_calls WHEN NEW.sample_id = '{sample_id}'"
+            " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+
+
+def test_group_commit_persists_everything_after_close(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    store = RunStore(db)
+    run_id = start_run(store, _samples(30), EvalSettings(model="m"))
+    for i in range(30):
+        for turn in (1, 2):
+            key = f"k{i}-{turn}"
+            store.record_call(
+                run_id, sample_id=f"s{i}", turn=turn, role="target", key=key, reply=_reply()
+            )
+            store.record_verdict(run_id, _verdict(f"s{i}", turn))
+        store.mark_sample(run_id, f"s{i}", "done")
+    store.close()
+
+    reopened = RunStore(db)
+    calls = reopened.calls(run_id)
+    assert [c.request_hash for c in calls] == [f"k{i}-{t}" for i in range(30) for t in (1, 2)]
+    assert len(reopened.verdicts(run_id)) == 60
+    assert {state for state, _ in reopened.sample_status(run_id).values()} == {"done"}
+    reopened.close()
+
+
+def test_reads_see_writes_before_they_are_committed(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    store = RunStore(db, window_s=LONG_WINDOW_S)
+    run_id = start_run(store, _samples(1), EvalSettings(model="m"))
+    store.record_call(run_id, sample_id="s0", turn=1, role="target", key="k", reply=_reply("hi"))
+    store.record_verdict(run_id, _verdict("s0", 1, "safe"))
+    store.mark_sample(run_id, "s0", "done")
+    assert _committed(db, "SELECT count(*) FROM model_calls") == [(0,)], "still queued"
+
+    cached = store.cached_reply(run_id, "k")
+    assert cached is not None and cached.text == "hi" and cached.prompt_tokens == 3
+    verdict = store.get_verdict(run_id, "s0", 1, "refusal")
+    assert verdict is not None and verdict.label == "safe"
+    assert store.sample_status(run_id) == {"s0": ("done", None)}  # a DB read commits first
+    assert _committed(db, "SELECT count(*) FROM model_calls") == [(1,)]
+    assert store.cached_reply(run_id, "k") == cached  # now read back from the database
+    store.close()
+
+
+async def test_done_marks_never_land_before_their_calls(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    store = RunStore(db)
+    run_id = start_run(store, _samples(24), EvalSettings(model="m", concurrency=6))
+    with sqlite3.connect(db) as connection:  # the database itself checks every done-mark
+        connection.execute(
+            "CREATE TRIGGER complete BEFORE UPDATE OF status ON samples WHEN NEW.status = 'done'"
+            " AND ((SELECT count(*) FROM model_calls c WHERE c.run_id = NEW.run_id"
+            "       AND c.sample_id = NEW.sample_id) < 2"
+            "   OR (SELECT count(*) FROM verdicts v WHERE v.run_id = NEW.run_id"
+            "       AND v.sample_id = NEW.sample_id) < 2)"
+            " BEGIN SELECT RAISE(ABORT, 'done before its calls'); END"
+        )
+    model = ScriptedModel(BUILTIN_SCRIPTS["comply"], name="m")
+    await execute_run(store, run_id, model, [load_judge("refusal")])
+    assert {state for state, _ in store.sample_status(run_id).values()} == {"done"}
+    store.close()
+
+
+def test_a_killed_worker_leaves_no_done_sample_without_its_calls(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    store = RunStore(db)
+    run_id = start_run(store, _samples(16), EvalSettings(model="scripted:comply", concurrency=4))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.run._resume_worker", str(db), run_id], cwd=REPO_ROOT, env=env
+    )
+    deadline = time.monotonic() + 60
+    while not any(s == "done" for s, _ in store.sample_status(run_id).values()):
+        assert worker.poll() is None, "worker ended before it could be killed"
+        assert time.monotonic() < deadline, "worker made no progress"
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+
+    done = {sid for sid, (state, _) in store.sample_status(run_id).items() if state == "done"}
+    assert 0 < len(done) < 16, "the kill should land mid-run"
+    turns = {(c.sample_id, c.turn) for c in store.calls(run_id)}
+    judged = {(v.sample_id, v.turn) for v in store.verdicts(run_id)}
+    for sid in done:
+        assert {(sid, 1), (sid, 2)} <= turns & judged, f"{sid} is done without its calls"
+    store.close()
+
+
+def test_a_failed_group_commit_surfaces_and_stops_later_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "r.db"
+    store = RunStore(db, window_s=1.0)  # the call and its mark go out in one group
+    run_id = start_run(store, _samples(3), EvalSettings(model="m"))
+    _fail_inserts_of(db, "s1")
+    store.record_call(run_id, sample_id="s0", turn=1, role="target", key="a", reply=_reply())
+    store.flush()
+    with caplog.at_level(logging.ERROR, logger="safeturn.run.store"):
+        store.record_call(run_id, sample_id="s1", turn=2, role="target", key="b", reply=_reply())
+        store.mark_sample(run_id, "s1", "done")
+        writer = store._writer
+        if writer is not None:  # the background writer meets the failure and stops
+            writer.join(timeout=30)
+    expected = r"could not write call \(run \w+, sample 's1' turn 2 target, hash b\): disk says no"
+    with pytest.raises(StoreError, match=expected):
+        store.record_call(run_id, sample_id="s2", turn=1, role="target", key="c", reply=_reply())
+    with pytest.raises(StoreError, match=expected):
+        store.flush()
+    with pytest.raises(StoreError, match=expected):
+        store.close()
+    assert any("sample 's1' turn 2" in r.getMessage() for r in caplog.records)
+
+    reopened = RunStore(db)
+    assert [c.request_hash for c in reopened.calls(run_id)] == ["a"]
+    assert reopened.sample_status(run_id)["s1"] == ("pending", None), "no mark without its call"
+    reopened.close()
+
+
+def test_sync_mode_commits_each_write_before_it_returns(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    store = RunStore(db, durability="sync")
+    run_id = start_run(store, _samples(2), EvalSettings(model="m"))
+    store.record_call(run_id, sample_id="s0", turn=1, role="target", key="a", reply=_reply())
+    assert _committed(db, "SELECT request_hash FROM model_calls") == [("a",)]
+    store.record_verdict(run_id, _verdict("s0", 1))
+    store.mark_sample(run_id, "s0", "done")
+    assert _committed(db, "SELECT status FROM samples WHERE sample_id = 's0'") == [("done",)]
+    assert _committed(db, "SELECT count(*) FROM verdicts") == [(1,)]
+
+    _fail_inserts_of(db, "s1")  # a failed write raises at once and spoils nothing else
+    with pytest.raises(StoreError, match=r"sample 's1' turn 1 target, hash b"):
+        store.record_call(run_id, sample_id="s1", turn=1, role="target", key="b", reply=_reply())
+    assert store.cached_reply(run_id, "b") is None
+    store.mark_sample(run_id, "s1", "error", "disk says no")
+    assert store.sample_status(run_id)["s1"] == ("error", "disk says no")
+    store.close()
+
+
+def test_repeated_verdicts_replace_within_and_across_groups(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.db", window_s=LONG_WINDOW_S)
+    run_id = start_run(store, _samples(1), EvalSettings(model="m"))
+    store.record_verdict(run_id, _verdict("s0", 1, "unsafe"))
+    store.record_verdict(run_id, _verdict("s0", 1, "invalid"))
+    assert [v.label for v in store.verdicts(run_id)] == ["invalid"]
+    store.record_verdict(run_id, _verdict("s0", 1, "safe"))
+    assert store.get_verdict(run_id, "s0", 1, "refusal") == _verdict("s0", 1, "safe")
+    assert [v.label for v in store.verdicts(run_id)] == ["safe"]
+    store.close()
+
+
+def test_a_call_another_worker_stored_first_is_skipped_not_fatal(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    first, second = RunStore(db), RunStore(db)
+    run_id = start_run(first, _samples(2), EvalSettings(model="m"))
+    assert second.cached_reply(run_id, "shared") is None  # second loads its index now
+    first.record_call(run_id, sample_id="s0", turn=1, role="target", key="shared", reply=_reply())
+    first.close()
+    second.record_call(run_id, sample_id="s0", turn=1, role="target", key="shared", reply=_reply())
+    second.record_call(run_id, sample_id="s1", turn=1, role="target", key="own", reply=_reply())
+    second.mark_sample(run_id, "s1", "done")
+    assert [c.request_hash for c in second.calls(run_id)] == ["shared", "own"]
+    assert second.sample_status(run_id)["s1"] == ("done", None)
+    second.close()
+
+
+def test_a_store_never_closed_is_flushed_at_exit(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    script = textwrap.dedent(
+        f"""
+        from safeturn.run.store import RunStore
+        from safeturn.schema import Reply
+        store = RunStore({str(db)!r}, window_s={LONG_WINDOW_S})
+        run_id = store.create_run({{}})
+        reply = Reply(text="x", model="m")
+        store.record_call(run_id, sample_id="s", turn=1, role="target", key="k", reply=reply)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)
+    assert _committed(db, "SELECT request_hash FROM model_calls") == [("k",)]
+
+
+def test_unknown_sample_is_refused_at_once(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.db")
+    run_id = start_run(store, _samples(1), EvalSettings(model="m"))
+    with pytest.raises(StoreError, match="has no sample 'nope'"):
+        store.mark_sample(run_id, "nope", "done")
+    store.close()
+
+
+def test_request_hash_is_byte_identical_to_stored_runs() -> None:
+    """Keys of runs stored before the hand-written encoding must still match (resume)."""
+    dialogue = Dialogue(
+        messages=[
+            Message.system("be brief"),
+            Message.user(
+                'Wie geht\'s? "quoted" ✓',
+                images=[
+                    ImagePart(data=b"not really a png"),
+                    ImagePart(url="https://example.org/cat.png"),
+                ],
+            ),
+            Message.assistant("Fine.\n"),
+            Message.user("and now?"),
+        ]
+    )
+    params = GenerateParams(max_tokens=32, temperature=0.5, seed=7, stop=("END",))
+    key = request_hash("target:openai:http://h/v1#m", dialogue, params, scope="s1|2|0")
+    assert key == "6351654b0c7ff0488d19669bf0657b9fb81098de01868101e8c055bcc11acb37"
+    empty = request_hash("m", Dialogue(), GenerateParams())
+    assert empty == "a4c1fde9cb7c819d8a1de9b5020ed7e76644eb1aa7027c22fe2b54397b2f9b62"
