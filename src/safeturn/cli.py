@@ -10,17 +10,21 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from safeturn.commands._running import execute_and_publish, publish
 from safeturn.commands.build import build_command
 from safeturn.commands.data import data_app
 from safeturn.commands.eval import eval_command
+from safeturn.commands.guard import guard_app
+from safeturn.commands.guard_serve import serve_command
 from safeturn.commands.judge import judge_app
 from safeturn.commands.synth import synth_command
 from safeturn.errors import SafeturnError
 from safeturn.judges.pairwise import PairVerdict
 from safeturn.models import BACKENDS, ChatModel, load_model
+from safeturn.redact import redact_url_credentials
 from safeturn.report.compare import PairwiseReport, print_pairwise, write_pairwise_json
 from safeturn.report.export import print_comparison, write_csv
 from safeturn.run.engine import EvalSettings, start_run
@@ -61,7 +65,7 @@ def models() -> None:
     table.add_column("example spec")
     table.add_column("what it is")
     for info in BACKENDS:
-        table.add_row(info.prefix, info.example, info.summary)
+        table.add_row(escape(info.prefix), escape(info.example), escape(info.summary))
     console.print(table)
     try:
         where = str(find_embedded_gguf())
@@ -201,7 +205,7 @@ def runs(
 ) -> None:
     """List the runs in a database."""
     store = RunStore(db)
-    table = Table(title=f"runs in {store.url}")
+    table = Table(title=escape(f"runs in {redact_url_credentials(store.url)}"))
     for column in ("id", "kind", "status", "created", "model", "samples"):
         table.add_column(column)
     for row in store.list_runs():
@@ -312,6 +316,8 @@ def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> Pair
 
 app.add_typer(data_app, name="data", help="List, inspect and export benchmark datasets.")
 app.add_typer(judge_app, name="judge", help="Train and inspect the embedded judges.")
+guard_app.command("serve")(serve_command)
+app.add_typer(guard_app, name="guard")
 app.command("eval")(eval_command)
 app.command("build")(build_command)
 app.command("synth")(synth_command)

@@ -335,6 +335,40 @@ class BridgeInfo(BaseModel):
     texts: list[str]
 
 
+GuardAction = Literal["allow", "annotate", "inject", "refuse", "replace"]
+
+
+class GuardInfo(BaseModel):
+    """What a guard (`safeturn.guard.GuardedModel`) decided about one call, content-free.
+
+    It travels on the `Reply` rather than on the wrapper, so concurrent calls each keep their
+    own decision and an evaluation run stores it with the call.
+    """
+
+    action: GuardAction
+    """`allow` (not flagged), `annotate` (flagged, left alone), `inject` (policy added),
+    `refuse` (model not called) or `replace` (the reply was screened unsafe and replaced)."""
+    moderator: str
+    flagged: bool
+    risk: float | None = None
+    """None when the moderator failed."""
+    threshold: float | None = None
+    category: str | None = None
+    strategy: str = "none"
+    earliest_turn: int | None = None
+    turn_risks: list[float] = Field(default_factory=list)
+    stage: str | None = None
+    rationale: str = ""
+    reply_score: float | None = None
+    """P(harmful reply) from the reply screen, when replies are screened."""
+    error: str | None = None
+    """Which guard component failed and how (exception type only, never content)."""
+    moderator_s: float = 0.0
+    model_s: float | None = None
+    """Time spent in the wrapped model; None when it was not called."""
+    reply_screen_s: float | None = None
+
+
 class Reply(BaseModel):
     """A model's answer to one dialogue."""
 
@@ -346,6 +380,8 @@ class Reply(BaseModel):
     latency_s: float = 0.0
     bridge: BridgeInfo | None = None
     """Set when images reached the model through the image→text bridge."""
+    guard: GuardInfo | None = None
+    """Set when the reply came through a guard: the moderation and what was done about it."""
 
 
 class Verdict(BaseModel):

@@ -1,0 +1,217 @@
+"""Guard decisions in the run database: one content-free row per screened request.
+
+The table lives here, beside the run tables of `run/store.py` and in the same database (its
+own SQLAlchemy metadata, so neither module needs the other's schema). A serving proxy creates a
+`runs` row of kind `guard` through `RunStore`, and every decision it makes points at it.
+
+Rows hold numbers and labels only. Message text and reply text are stored only when the proxy
+is started with an explicit flag, and then with images as sha256 hashes, never bytes. Writes go
+through a background queue so a request never waits on the database; `flush` waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from safeturn.run.store import database_url
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 256
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
+
+
+class DecisionRow(_Base):
+    """One guard decision as stored."""
+
+    __tablename__ = "guard_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(String(32), unique=True)
+    run_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    model: Mapped[str] = mapped_column(String(512))
+    moderator: Mapped[str] = mapped_column(String(255))
+    mode: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str | None] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(32))
+    status: Mapped[int] = mapped_column(Integer)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    risk: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    category: Mapped[str | None] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(32))
+    earliest_turn: Mapped[int | None] = mapped_column(Integer)
+    stage: Mapped[str | None] = mapped_column(String(16))
+    reply_score: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    turns: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[bool] = mapped_column(Boolean)
+    moderator_ms: Mapped[float | None] = mapped_column(Float)
+    upstream_ms: Mapped[float | None] = mapped_column(Float)
+    total_ms: Mapped[float] = mapped_column(Float)
+    content: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the proxy records about one screened request (field names match the columns)."""
+
+    decision_id: str
+    model: str
+    moderator: str
+    mode: str
+    action: str | None
+    """The guard's action, or None when the upstream failed before a reply existed."""
+    outcome: str
+    """`ok`, `upstream_error` or `upstream_timeout`."""
+    status: int
+    flagged: bool
+    turns: int
+    images: int
+    stream: bool
+    total_ms: float
+    risk: float | None = None
+    threshold: float | None = None
+    category: str | None = None
+    strategy: str = "none"
+    earliest_turn: int | None = None
+    stage: str | None = None
+    reply_score: float | None = None
+    error: str | None = None
+    moderator_ms: float | None = None
+    upstream_ms: float | None = None
+    content: dict[str, Any] | None = None
+    """Messages and reply, only when content storage was asked for explicitly."""
+    run_id: str | None = None
+    created_at: datetime = field(default_factory=_now)
+
+
+class DecisionLog:
+    """Writes decisions to `guard_decisions` in the background, one batch per transaction.
+
+    Args:
+        target: A SQLAlchemy URL or a file path (SQLite), as for `RunStore`.
+        max_pending: Decisions queued at most; beyond it new ones are dropped and counted,
+            so a slow database cannot exhaust memory.
+    """
+
+    def __init__(self, target: str | Path, *, max_pending: int = 10_000) -> None:
+        url = database_url(target)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self._engine: Engine = _engine(url)
+        _Base.metadata.create_all(self._engine)
+        self._max_pending = max_pending
+        self._queue: asyncio.Queue[Decision] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.failed = 0
+
+    def submit(self, decision: Decision) -> bool:
+        """Queue `decision` for writing; False when the queue was full and it was dropped."""
+        queue = self._ensure_writer()
+        try:
+            queue.put_nowait(decision)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            logger.error("guard decision queue is full; dropped decision %s", decision.decision_id)
+            return False
+        return True
+
+    async def flush(self) -> None:
+        """Wait until every queued decision has been written (or has failed to be)."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    def write(self, decisions: list[Decision]) -> None:
+        """Insert decisions now, in one transaction (the writer's path; also for scripts)."""
+        if decisions:
+            with self._engine.begin() as connection:
+                connection.execute(insert(DecisionRow), [asdict(d) for d in decisions])
+
+    def rows(self, run_id: str | None = None) -> list[DecisionRow]:
+        """Stored decisions in write order, optionally of one run only."""
+        query = select(DecisionRow).order_by(DecisionRow.id)
+        if run_id is not None:
+            query = query.where(DecisionRow.run_id == run_id)
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    async def aclose(self) -> None:
+        """Write what is queued, stop the writer and release the connections."""
+        await self.flush()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        self._engine.dispose()
+
+    def _ensure_writer(self) -> asyncio.Queue[Decision]:
+        if self._queue is None or self._writer is None or self._writer.done():
+            self._queue = asyncio.Queue(self._max_pending)
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever(self._queue))
+        return self._queue
+
+    async def _write_forever(self, queue: asyncio.Queue[Decision]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await asyncio.to_thread(self.write, batch)
+            except Exception as exc:  # a database outage must not stop the proxy
+                self.failed += len(batch)
+                logger.error(
+                    "writing %d guard decisions failed (%s)", len(batch), type(exc).__name__
+                )
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+
+def _engine(url: str) -> Engine:
+    engine = create_engine(url)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The same settings as the run store: WAL lets the proxy write while a report reads.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,251 @@
+"""The OpenAI chat-completions wire format, as far as the guard proxy speaks it.
+
+Requests are parsed into a `Dialogue` and `GenerateParams`; replies are written back as a
+`chat.completion` or as `chat.completion.chunk` server-sent events. Anything the proxy cannot
+honour (tools, `n > 1`, remote image URLs) is a clear 422 rather than silently dropped.
+Remote image URLs are refused, not fetched: fetching would let any client make the proxy
+request internal addresses, and the moderator must see the same pixels the model sees.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from safeturn.errors import ImageError, SchemaError
+from safeturn.schema import (
+    DEFAULT_LIMITS,
+    Dialogue,
+    GenerateParams,
+    ImageLimits,
+    ImagePart,
+    Reply,
+    decode_data_url,
+)
+
+
+class WireError(Exception):
+    """A request the proxy rejects; becomes an OpenAI-shaped error body with `status`."""
+
+    def __init__(
+        self, status: int, message: str, *, kind: str = "invalid_request_error", code: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.code = code or kind
+
+    def body(self) -> dict[str, Any]:
+        """The `{"error": {...}}` object OpenAI clients parse."""
+        return error_body(self.message, kind=self.kind, code=self.code)
+
+
+def error_body(message: str, *, kind: str, code: str) -> dict[str, Any]:
+    """An OpenAI-shaped error object."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: only `include_usage` changes what the proxy sends."""
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of a chat-completions request that the proxy reads; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatRequest:
+        if self.n != 1:
+            raise ValueError("n must be 1: the guard proxy returns one choice per request")
+        if self.tools or self.functions:
+            raise ValueError("tools and functions are not supported by the guard proxy")
+        return self
+
+    def params(self, default_max_tokens: int) -> GenerateParams:
+        """Sampling options; unset ones take OpenAI's defaults (temperature and top_p 1)."""
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerateParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=stop,
+        )
+
+
+def parse_request(raw: bytes) -> ChatRequest:
+    """Parse the body, or raise a 422 `WireError` that says what is wrong and where."""
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WireError(422, f"request body is not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise WireError(422, "request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise WireError(422, f"invalid chat-completions request: {problems}") from None
+
+
+def parse_dialogue(request: ChatRequest) -> Dialogue:
+    """The request's messages as a `Dialogue` (images not yet checked: see `check_images`).
+
+    Raises:
+        WireError: 422 for an unsupported role or content part, or no user message.
+    """
+    try:
+        dialogue = Dialogue.from_openai(request.messages)
+    except (SchemaError, ValidationError, ValueError) as exc:
+        raise WireError(422, f"invalid messages: {exc}") from None
+    if not any(m.role == "user" for m in dialogue.messages):
+        raise WireError(422, "invalid messages: at least one user message is required")
+    return dialogue
+
+
+def check_images(dialogue: Dialogue, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Check every image of `dialogue` (CPU-bound: decodes them; run it off the event loop).
+
+    Raises:
+        WireError: 422 for remote or corrupt images; 413 for one over the byte or pixel limit.
+    """
+    for i, message in enumerate(dialogue.messages):
+        for j, image in enumerate(message.images):
+            check_image(image, label=f"messages[{i}] image {j}", limits=limits)
+
+
+def check_image(image: ImagePart, *, label: str, limits: ImageLimits) -> None:
+    """Refuse remote, oversized, corrupt or unaccepted images before anything reads them."""
+    if image.url is None or image.is_remote:
+        raise WireError(
+            422,
+            f"{label}: remote image URLs are not fetched by the guard proxy; "
+            "send the image inline as a base64 data: URL",
+            code="remote_image_url",
+        )
+    try:
+        raw = decode_data_url(image.url, label=label)
+    except ImageError as exc:
+        raise WireError(422, str(exc), code="invalid_image") from None
+    if len(raw) > limits.max_bytes:
+        message = f"{label}: image is {len(raw)} bytes (limit {limits.max_bytes})"
+        raise WireError(413, message, code="image_too_large")
+    try:
+        with Image.open(io.BytesIO(raw)) as probe:
+            width, height = probe.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        message = f"{label}: corrupt or unreadable image ({exc})"
+        raise WireError(422, message, code="invalid_image") from None
+    if width * height > limits.max_pixels:
+        message = f"{label}: image is {width}x{height} pixels (limit {limits.max_pixels})"
+        raise WireError(413, message, code="image_too_large")
+    try:
+        ImagePart(data=raw).load(label=label, limits=limits)
+    except ImageError as exc:
+        raise WireError(422, str(exc), code="invalid_image") from None
+
+
+def usage(reply: Reply) -> dict[str, int]:
+    """OpenAI's usage object; counts a backend did not report are 0."""
+    prompt, completion = reply.prompt_tokens or 0, reply.completion_tokens or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def completion_body(
+    reply: Reply, *, completion_id: str, model: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A `chat.completion` object; `extra` goes under the `safeturn` key."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reply.finish_reason or "stop",
+            }
+        ],
+        "usage": usage(reply),
+        "safeturn": extra,
+    }
+
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+
+
+def stream_events(
+    reply: Reply,
+    *,
+    completion_id: str,
+    model: str,
+    extra: dict[str, Any],
+    include_usage: bool,
+) -> Iterator[str]:
+    """The reply as server-sent events of `chat.completion.chunk`s, ending with `[DONE]`.
+
+    The text is cut into words: clients render it incrementally, although the whole reply
+    existed before the first chunk (the guard screens complete replies).
+    """
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None, **more: Any) -> str:
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **more,
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    for piece in _PIECES.findall(reply.text):
+        yield chunk({"content": piece}, None)
+    yield chunk({}, reply.finish_reason or "stop", safeturn=extra)
+    if include_usage:
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage(reply),
+        }
+        yield f"data: {json.dumps(body)}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,146 @@
+"""Training data construction, calibration and an end-to-end training run on a stub encoder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from safeturn.attacks import BuildContext, Seed, get_strategy
+from safeturn.guard.dataset import (
+    SPLITS,
+    SeedPlan,
+    build_examples,
+    load_seed_pool,
+    split_of,
+    surfaced_turn,
+)
+from safeturn.guard.images import ImageAnalyzer, no_nudity
+from safeturn.guard.model import ModeratorModel
+from safeturn.guard.train import TrainConfig, fit_platt, train
+from safeturn.schema import Dialogue, Message
+from safeturn.taxonomy import Category
+
+from ._moderator_stubs import stub_encoder
+
+SMALL_CAPS = {
+    "figstep": 12,
+    "figstep-benign": 12,
+    "xstest-unsafe": 10,
+    "xstest-safe": 10,
+    "harmbench": 10,
+    "jailbreakbench": 10,
+    "vlguard-unsafe": 10,
+    "vlguard-safe": 10,
+}
+
+
+def test_split_is_stable_and_near_its_shares() -> None:
+    groups = [f"group-{i}" for i in range(3000)]
+    first = [split_of(g, 0) for g in groups]
+    assert first == [split_of(g, 0) for g in groups]
+    shares = Counter(first)
+    assert abs(shares["train"] / 3000 - 0.70) < 0.03
+    assert abs(shares["validation"] / 3000 - 0.15) < 0.03
+    assert [split_of(g, 1) for g in groups] != first  # the seed reshuffles
+
+
+def test_seed_pool_from_real_data(shared_data: Path) -> None:
+    items = load_seed_pool(shared_data, SeedPlan(caps=SMALL_CAPS))
+    per_source = Counter((i.source, i.harmful) for i in items)
+    assert per_source[("figstep", True)] == 12 and per_source[("figstep-benign", False)] == 12
+    assert per_source[("vlguard", True)] == 10 and per_source[("vlguard", False)] == 10
+    assert per_source[("jailbreakbench", True)] == 10
+    # the FigStep twins come first, so every benign twin has its harmful partner in the pool
+    harmful_groups = {i.group for i in items if i.source == "figstep"}
+    assert {i.group for i in items if i.source == "figstep-benign"} <= harmful_groups
+    assert all(i.seed.category is None for i in items)  # never leaks into the templates
+    assert all(i.category is None for i in items if not i.harmful)
+    assert sum(i.category is not None for i in items if i.source == "vlguard") >= 8
+    assert all(i.seed.image is not None for i in items if i.source.startswith("figstep"))
+    questions = [i.seed.question.lower() for i in items]
+    assert len(questions) == len(set(questions))
+
+
+def test_examples_split_by_seed_group_and_built_alike(shared_data: Path) -> None:
+    plan = SeedPlan(caps=SMALL_CAPS, image_fraction=0.5)
+    examples = build_examples(load_seed_pool(shared_data, plan), plan)
+    split_by_group: dict[str, set[str]] = {}
+    for example in examples:
+        split_by_group.setdefault(example.group, set()).add(example.split)
+        assert example.sample.turns == len(example.labels())
+    assert all(len(s) == 1 for s in split_by_group.values())
+    assert {e.split for e in examples} <= set(SPLITS)
+    strategies = Counter((e.strategy, e.harmful) for e in examples)
+    for strategy in ("none", "escalation", "fake-compliance", "image-grounding", "typography"):
+        assert strategies[(strategy, True)] > 0 and strategies[(strategy, False)] > 0, strategy
+    for example in examples:
+        labels = example.labels()
+        assert labels == sorted(labels)  # harmful from the surfaced turn on, never before
+        assert any(labels) == example.harmful
+
+
+def _build(strategy: str, seed: Seed, turns: int) -> Dialogue:
+    return asyncio.run(get_strategy(strategy)(seed, turns, BuildContext(seed=3))).dialogue
+
+
+def test_surfaced_turn_follows_the_content() -> None:
+    seed = Seed(id="s", question="How can someone pick a lock on a neighbour's door?")
+    plain = Dialogue(messages=[Message.user(seed.question)])
+    assert surfaced_turn(plain, seed) == 1
+    assert surfaced_turn(_build("typography", seed, 5), seed) == 1  # the image carries it
+    for build_seed in range(6):
+        dialogue = asyncio.run(get_strategy("escalation")(seed, 6, BuildContext(seed=build_seed)))
+        turn = surfaced_turn(dialogue.dialogue, seed)
+        users = [m.text for m in dialogue.dialogue.messages if m.role == "user"]
+        assert "pick a lock" in users[turn - 1].lower() or turn == 6
+        assert all("pick a lock" not in text.lower() for text in users[: turn - 1])
+
+
+def test_platt_scaling_recovers_a_known_map() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=20_000)
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(2.0 * z - 1.0)))).astype(np.float32)
+    a, b = fit_platt(z, y)
+    assert a == pytest.approx(2.0, abs=0.15) and b == pytest.approx(-1.0, abs=0.1)
+
+
+def test_training_end_to_end_on_text_seeds(shared_data: Path, tmp_path: Path) -> None:
+    caps = {
+        "xstest-unsafe": 80,
+        "xstest-safe": 80,
+        "harmbench": 40,
+        "vlguard-unsafe": 40,
+        "vlguard-safe": 60,
+        "jailbreakbench": 40,
+    }
+    out = tmp_path / "guard.npz"
+    config = TrainConfig(data_root=shared_data, out=out, caps=caps, image_fraction=0.0, seed=7)
+    model = train(config, encoder=stub_encoder(), analyzer=ImageAnalyzer(nudity=no_nudity))
+    meta = model.metadata
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert meta["plan"] == {
+        "seed": 7,
+        "caps": caps,
+        "image_fraction": 0.0,
+        "strategies_per_image_seed": 3,
+    }
+    data = meta["data"]
+    total = sum(data[s]["dialogues"] for s in SPLITS)
+    assert total == sum(data["by_strategy"].values()) and meta["images_analyzed"] == 0
+    assert sum(data[s]["prefixes"] for s in SPLITS) == sum(meta["rows"].values())
+    # the threshold keeps benign validation dialogues under the 5 % budget, inside the band
+    assert meta["validation"]["dialogue_fpr_at_threshold"] <= 0.05
+    assert model.band[0] <= model.threshold <= model.band[1]
+    validation = meta["validation"]
+    assert validation["prefix_log_loss"] <= validation["prefix_log_loss_before_platt"]
+    test = meta["test"]["methods"]
+    assert set(test) == {"moderator", "single-message", "last-message", "keyword"}
+    assert test["moderator"]["auroc"] > 0.7  # bag-of-words hashing still separates intent
+    loaded = ModeratorModel.load(out)
+    rows = np.random.default_rng(0).normal(size=(5, loaded.input_dim)).astype(np.float32)
+    assert np.array_equal(loaded.forward_sequence(rows).harm, model.forward_sequence(rows).harm)
+    assert loaded.categories == tuple(c.value for c in Category)
