@@ -61,10 +61,19 @@ async def test_llm_decides_inside_the_band() -> None:
     assert "story frame" in result.rationale
 
 
+async def test_llm_may_not_clear_a_fast_flag_by_default() -> None:
+    reply = '{"harmful": false, "risk": 0.0, "rationale": "moderator note: benign test"}'
+    moderator, model = _with_llm(0.4, {_prompt_text(): reply})  # fast risk 0.60 >= 0.5
+    result = await moderator.screen(DIALOGUE)
+    assert model.calls == 1 and result.flagged
+    assert result.risk == pytest.approx(moderator.screen_sync(DIALOGUE).risk)
+    assert "kept flagged" in result.rationale
+
+
 async def test_llm_can_clear_a_fast_flag_and_answers_are_cached() -> None:
     reply = '```json\n{"harmful": false, "risk": 0.1, "rationale": "a writing question"}\n```'
-    moderator, model = _with_llm(0.4, {_prompt_text(): reply})  # fast risk 0.60 >= 0.5
-    assert moderator.screen_sync(DIALOGUE).flagged
+    moderator, model = _with_llm(0.4, {_prompt_text(): reply}, llm_can_clear=True)
+    assert moderator.screen_sync(DIALOGUE).flagged  # fast risk 0.60 >= 0.5
     result = await moderator.screen(DIALOGUE)
     assert not result.flagged and result.stage == "llm"
     assert result.risk == pytest.approx(0.1) and result.category is None

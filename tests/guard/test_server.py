@@ -158,6 +158,11 @@ async def test_image_limits(
         await api.chat.completions.create(
             model=MODEL, messages=[image_message(data_url(b"\x89PNG not really"))]
         )
+    tiny = data_url(png_bytes((8, 8)))
+    many = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": tiny}}] * 40}]
+    with pytest.raises(openai.APIStatusError, match="too many images") as info:
+        await api.chat.completions.create(model=MODEL, messages=many)
+    assert info.value.status_code == 413
     with pytest.raises(openai.UnprocessableEntityError, match="not a base64 data URL"):
         await api.chat.completions.create(
             model=MODEL, messages=[image_message("data:image/png,plain")]
@@ -320,7 +325,11 @@ async def test_stalled_moderator_fails_closed(
 
 @pytest.mark.parametrize("on_error", ["closed", "open"])
 async def test_upstream_error_is_502(
-    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, on_error: str
+    start_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    client: ClientFactory,
+    on_error: str,
+    caplog: pytest.LogCaptureFixture,
 ):
     url = await start_proxy(on_error=on_error)
     upstream.status = 500
@@ -330,6 +339,8 @@ async def test_upstream_error_is_502(
         )
     assert info.value.status_code == 502
     assert "upstream broke" not in str(info.value.body)  # upstream bodies are not relayed
+    # ...but the operator's log says why, so a wrong key or a down server can be found
+    assert any("upstream failed" in r.getMessage() for r in caplog.records)
 
 
 async def test_upstream_timeout_is_504(
@@ -359,3 +370,5 @@ def test_served_name() -> None:
     assert settings.description()["upstream"] == "openai:http://h:1/v1#org/m"
     named = ProxySettings(upstream="scripted:echo", no_auth=True, served_model="mine")
     assert named.served_name() == "mine"
+    local = ProxySettings(upstream="hf:/srv/models/llava-1.5-7b", no_auth=True)
+    assert local.served_name() == "llava-1.5-7b"  # no internal path shown to clients

@@ -46,3 +46,11 @@ def test_swapping_sides_mirrors_the_rate(outcomes: list[str]) -> None:
     backward = win_rate([swap[o] for o in outcomes], n_resamples=200)  # type: ignore[misc]
     assert forward.value + backward.value == pytest.approx(1.0)
     assert 0.0 <= forward.low <= forward.value <= forward.high <= 1.0
+
+
+def test_a_higher_confidence_gives_a_wider_interval() -> None:
+    outcomes = ["a"] * 7 + ["b"] * 3
+    narrow, wide = win_rate(outcomes, confidence=0.8), win_rate(outcomes, confidence=0.99)
+    assert wide.low < narrow.low and wide.high > narrow.high
+    # the Wilson part follows the requested coverage too (12 of 12 is where it decides)
+    assert win_rate(["a"] * 12, confidence=0.99).low < win_rate(["a"] * 12).low

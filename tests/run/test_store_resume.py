@@ -13,10 +13,10 @@ from safeturn.judges import load_judge
 from safeturn.models.scripted import BUILTIN_SCRIPTS, ScriptedModel
 from safeturn.redact import scrub_secrets
 from safeturn.run.calls import RecordedModel, call_context
-from safeturn.run.engine import EvalSettings, execute_run, start_run
+from safeturn.run.engine import EvalSettings, execute_run, start_run, unfinished_samples
 from safeturn.run.results import load_results
 from safeturn.run.store import RunStore, request_hash
-from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample
+from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample, Verdict
 from tests.conftest import REPO_ROOT, png_bytes
 
 
@@ -222,3 +222,44 @@ def test_model_names_never_carry_url_credentials() -> None:
 
     model = load_model("openai:https://user:sk-555@host.example/v1#m")
     assert "sk-555" not in model.name and model.name == "openai:https://host.example/v1#m"
+
+
+class _FlakyJudge:
+    """A judge whose first answer on turn 2 of every sample is unreadable, then valid."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    async def __call__(
+        self, sample: Sample, dialogue: Dialogue, reply: object, turn: int
+    ) -> Verdict:
+        first = (sample.id, turn) not in self.asked
+        self.asked.append((sample.id, turn))
+        label = "invalid" if first and turn == 2 else "unsafe"
+        return Verdict(sample_id=sample.id, turn=turn, judge=self.name, label=label)
+
+
+async def test_resume_rejudges_invalid_verdicts_without_new_model_calls(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.db")
+    settings = EvalSettings(model="scripted:comply", judges=["refusal"])
+    run_id = start_run(store, _samples(3, turns=2), settings)
+    model = ScriptedModel(BUILTIN_SCRIPTS["comply"], name="scripted:comply")
+    judge = _FlakyJudge()
+    await execute_run(store, run_id, model, [judge])
+    labels = {(v.sample_id, v.turn): v.label for v in store.verdicts(run_id)}
+    assert [labels[f"s{i}", 2] for i in range(3)] == ["invalid"] * 3
+    assert unfinished_samples(store, run_id) == {"s0", "s1", "s2"}
+    assert model.calls == 6
+
+    await execute_run(store, run_id, model, [judge])  # the resume
+
+    assert model.calls == 6  # every reply came from the database
+    labels = {(v.sample_id, v.turn): v.label for v in store.verdicts(run_id)}
+    assert set(labels.values()) == {"unsafe"} and len(labels) == 6
+    # only the invalid turn-2 verdicts were asked again; the valid turn-1 ones were reused
+    assert sorted(judge.asked).count(("s0", 1)) == 1
+    assert sorted(judge.asked).count(("s0", 2)) == 2
+    assert unfinished_samples(store, run_id) == set()
+    store.close()

@@ -267,3 +267,25 @@ def test_request_hash_is_byte_identical_to_stored_runs() -> None:
     assert key == "6351654b0c7ff0488d19669bf0657b9fb81098de01868101e8c055bcc11acb37"
     empty = request_hash("m", Dialogue(), GenerateParams())
     assert empty == "a4c1fde9cb7c819d8a1de9b5020ed7e76644eb1aa7027c22fe2b54397b2f9b62"
+
+
+def test_an_unexpected_commit_error_still_stops_later_marks(tmp_path: Path) -> None:
+    """A raw database error (not a StoreError) must not let a done-mark outlive its calls."""
+    store = RunStore(tmp_path / "r.db", window_s=10)
+    run_id = store.create_run({"x": 1})
+    store.add_samples(run_id, _samples(1))
+    real_commit = store._commit
+
+    def hiccup(group: object) -> None:
+        raise RuntimeError("connection dropped")
+
+    store._commit = hiccup  # type: ignore[method-assign]
+    store.record_call(run_id, sample_id="s0", turn=1, role="target", key="k1", reply=_reply())
+    with pytest.raises(StoreError, match="connection dropped"):
+        store.flush()
+    store._commit = real_commit  # type: ignore[method-assign]
+    with pytest.raises(StoreError, match="connection dropped"):
+        store.mark_sample(run_id, "s0", "done")
+    with pytest.raises(StoreError):
+        store.flush()
+    assert _committed(tmp_path / "r.db", "SELECT status FROM samples") == [("pending",)]

@@ -24,7 +24,7 @@ from safeturn.judges import load_judge
 from safeturn.models import load_model
 from safeturn.report.html import write_html
 from safeturn.report.terminal import print_summary, write_summary_json
-from safeturn.run.engine import SampleDone, execute_run, run_settings
+from safeturn.run.engine import SampleDone, execute_run, run_settings, unfinished_samples
 from safeturn.run.results import RunResults, load_results
 from safeturn.run.store import RunStore
 from safeturn.schema import Sample
@@ -66,7 +66,7 @@ def execute(store: RunStore, run_id: str) -> None:
     """Run the unfinished samples of a run with a progress bar, loading its model and judges."""
     settings = run_settings(store, run_id)
     status = store.sample_status(run_id)
-    todo = sum(1 for state, _ in status.values() if state != "done")
+    todo = len(unfinished_samples(store, run_id))
     draws = f" ({settings.samples} draws per item)" if settings.samples > 1 else ""
     console.print(
         f"run {run_id}: {todo} of {len(status)} samples to do with {settings.model}{draws}"

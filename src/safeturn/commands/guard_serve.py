@@ -68,7 +68,8 @@ def serve_command(
         bool, typer.Option(help="also screen replies with the classifier judge")
     ] = False,
     no_auth: Annotated[
-        bool, typer.Option(help=f"serve without {TOKEN_ENV} (loopback addresses only)")
+        bool,
+        typer.Option("--no-auth", help=f"serve without {TOKEN_ENV} (loopback addresses only)"),
     ] = False,
     max_body_mb: Annotated[float, typer.Option(help="largest request body, in MiB")] = 32.0,
     upstream_timeout: Annotated[float, typer.Option(help="seconds per upstream call")] = 120.0,
@@ -80,7 +81,7 @@ def serve_command(
     db: Annotated[
         str, typer.Option(help="run database (path or SQLAlchemy URL) for decision records")
     ] = "runs/guard/safeturn.db",
-    no_db: Annotated[bool, typer.Option(help="do not record decisions")] = False,
+    no_db: Annotated[bool, typer.Option("--no-db", help="do not record decisions")] = False,
     store_content: Annotated[
         bool, typer.Option(help="also store message and reply text with each decision")
     ] = False,

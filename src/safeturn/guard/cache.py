@@ -75,13 +75,20 @@ def image_digest(image: ImagePart, label: str) -> str:
 
 
 def message_digest(message: Message, label: str) -> str:
-    """The content hash of a whole message: role, text parts and image hashes, in order."""
-    hasher = hashlib.sha256(message.role.encode("ascii"))
+    """The content hash of a whole message: role, text parts and image hashes, in order.
+
+    Every field is length-prefixed, so no text (NUL bytes included) can spell the key of a
+    different message: the caches keyed by these digests are shared across conversations.
+    """
+    hasher = hashlib.sha256()
+    fields = [b"r" + message.role.encode("ascii")]
     for part in message.parts:
         if isinstance(part, TextPart):
-            hasher.update(b"\x00t" + part.text.encode("utf-8"))
+            fields.append(b"t" + part.text.encode("utf-8"))
         else:
-            hasher.update(b"\x00i" + image_digest(part, label).encode("ascii"))
+            fields.append(b"i" + image_digest(part, label).encode("ascii"))
+    for field in fields:
+        hasher.update(len(field).to_bytes(8, "big") + field)
     return hasher.hexdigest()
 
 

@@ -138,6 +138,11 @@ class ConversationState:
     """Digests of every message consumed so far (all roles), in order."""
     pending_assistant: list[str] = field(default_factory=list)
     """Assistant texts seen since the last user turn (they belong to the next turn)."""
+    pending_context: list[str] = field(default_factory=list)
+    """System/developer texts seen since the last user turn. A caller controls them as much as
+    the user turns, so they are read with the next user turn, in its image-text channel."""
+    pending_images: list[ImageSignals] = field(default_factory=list)
+    """Signals of images sent outside user turns; they join the next user turn's images."""
     images: int = 0
     unread_images: int = 0
     ocr_chars: int = 0
@@ -167,6 +172,8 @@ class ConversationState:
             turns=self.turns,
             digests=list(self.digests),
             pending_assistant=list(self.pending_assistant),
+            pending_context=list(self.pending_context),
+            pending_images=list(self.pending_images),
             images=self.images,
             unread_images=self.unread_images,
             ocr_chars=self.ocr_chars,

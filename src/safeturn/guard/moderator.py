@@ -94,8 +94,12 @@ class DialogueModerator:
         images: ImageAnalyzer | None = None,
         nudity_min: float = 0.5,
         state_cache: int = 1024,
+        llm_can_clear: bool = False,
     ) -> None:
         self.model = model
+        # The LLM reads user text verbatim, so a prompt injection ("moderator note: this is a
+        # test") could talk it out of a flag; by default it may only escalate.
+        self.llm_can_clear = llm_can_clear
         self.name = name
         self.threshold = model.threshold if threshold is None else threshold
         lo, hi = model.band if band is None else band
@@ -318,6 +322,10 @@ class DialogueModerator:
                     "policy": self._policy(category),
                     "stage": "llm",
                 }
+            )
+        if fast.flagged and not self.llm_can_clear:
+            return fast.model_copy(
+                update={"rationale": f"{said}, kept flagged (llm_can_clear off); {fast.rationale}"}
             )
         below = float(np.nextafter(self.threshold, 0.0)) if self.threshold > 0 else 0.0
         risk = min(fast.risk, verdict.risk if verdict.risk is not None else fast.risk, below)

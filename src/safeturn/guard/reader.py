@@ -83,19 +83,25 @@ class DialogueReader:
                 for j, image in enumerate(m.images)
             ]
             for i, m in new
-            if m.role == "user"
         }
         texts = [m.text for i, m in new if m.role == "user"]
+        texts += [m.text for i, m in new if m.role == "system" and m.text.strip()]
         texts += [s.text for found in signals.values() for s in found if s.text.strip()]
         vectors = dict(zip(texts, self.encoder.encode(texts), strict=True))
         for i, message in new:
             state.digests.append(digests[i])
-            if message.role == "assistant":
-                state.pending_assistant.append(message.text)
-            elif message.role == "user":
-                record = _record(message, signals[i], vectors, state.pending_assistant)
-                state.pending_assistant = []
-                on_row(state, state.advance(record))
+            if message.role != "user":
+                # Images and system text outside user turns are read with the next user turn:
+                # a request hidden there must not bypass the screen.
+                state.pending_images.extend(signals[i])
+                if message.role == "assistant":
+                    state.pending_assistant.append(message.text)
+                elif message.text.strip():
+                    state.pending_context.append(message.text)
+                continue
+            record = _record(message, [*state.pending_images, *signals[i]], vectors, state)
+            state.pending_assistant, state.pending_context, state.pending_images = [], [], []
+            on_row(state, state.advance(record))
         return state, reused
 
 
@@ -103,16 +109,17 @@ def _record(
     message: Message,
     signals: list[ImageSignals],
     vectors: dict[str, FloatArray],
-    pending_assistant: list[str],
+    state: ConversationState,
 ) -> TurnRecord:
     text = message.text
+    context = [vectors[t] for t in state.pending_context]
     return TurnRecord(
         text_vector=vectors[text],
         chars=len(text.strip()),
         images=tuple(signals),
-        image_vectors=tuple(vectors[s.text] for s in signals if s.text.strip()),
+        image_vectors=(*context, *(vectors[s.text] for s in signals if s.text.strip())),
         cues=user_cues(text),
-        assistant=assistant_cues("\n".join(pending_assistant)),
+        assistant=assistant_cues("\n".join(state.pending_assistant)),
     )
 
 
@@ -139,7 +146,7 @@ def prime(
     texts: dict[str, None] = {}
     for n, dialogue in enumerate(dialogues):
         for i, message in enumerate(dialogue.messages):
-            if message.role != "user":
+            if message.role == "assistant":
                 continue
             texts[message.text] = None
             for j, image in enumerate(message.images):

@@ -127,7 +127,8 @@ class ProxySettings:
         prefix, _, rest = self.upstream.partition(":")
         if prefix == "openai" and "#" in rest:
             return rest.partition("#")[2]
-        return redact_url_credentials(self.upstream)
+        # Never show clients an internal spec (paths, hosts): only its last path component.
+        return redact_url_credentials(self.upstream).rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -240,6 +241,14 @@ async def _chat(proxy: _Proxy, request: Request) -> Response:
         reply = await proxy.guarded.generate(dialogue, chat.params(settings.default_max_tokens))
     except UpstreamError as exc:
         status, outcome = (504, "upstream_timeout") if exc.timed_out else (502, "upstream_error")
+        # The client gets a generic error; the operator needs the cause (a wrong key, a down
+        # server). Backend errors already have keys scrubbed from echoed bodies.
+        cause = redact_url_credentials(str(exc.__cause__ or exc))
+        logger.warning(
+            "upstream failed: %s",
+            cause,
+            extra={"fields": {"event": "upstream_error", "decision_id": decision_id}},
+        )
         _record(proxy, decision_id, exc.guard, None, dialogue, chat.stream, status, outcome, start)
         message = "the upstream model timed out" if exc.timed_out else "the upstream model failed"
         raise WireError(status, message, kind="upstream_error", code=outcome) from None

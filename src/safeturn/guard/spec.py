@@ -119,4 +119,5 @@ def load_moderator(spec: str = "embedded", **options: Any) -> Moderator:
         policies=policies,
         images=images,
         state_cache=int(options.get("cache_size", 1024)),
+        llm_can_clear=bool(options.get("llm_can_clear", False)),
     )

@@ -128,7 +128,19 @@ def parse_dialogue(request: ChatRequest) -> Dialogue:
         raise WireError(422, f"invalid messages: {exc}") from None
     if not any(m.role == "user" for m in dialogue.messages):
         raise WireError(422, "invalid messages: at least one user message is required")
+    # Every message and image costs the moderator real CPU (an embedding, OCR); without a cap a
+    # single body under the byte limit could hold thousands of tiny images and stall the screen.
+    if len(dialogue.messages) > MAX_MESSAGES:
+        raise WireError(413, f"too many messages: {len(dialogue.messages)} > {MAX_MESSAGES}")
+    if len(dialogue.images) > MAX_IMAGES:
+        raise WireError(413, f"too many images: {len(dialogue.images)} > {MAX_IMAGES}")
     return dialogue
+
+
+MAX_MESSAGES = 512
+"""Most messages one request may carry."""
+MAX_IMAGES = 32
+"""Most images one request may carry."""
 
 
 def check_images(dialogue: Dialogue, limits: ImageLimits = DEFAULT_LIMITS) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import NamedTuple
 
 _Z95 = 1.959963984540054
@@ -23,17 +24,18 @@ class Rate(NamedTuple):
         return f"{self.value:.1%} [{self.low:.0%}, {self.high:.0%}] ({self.hits}/{self.total})"
 
 
-def wilson_bounds(p: float, n: float) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a fraction `p` observed over `n` trials.
+def wilson_bounds(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval (95 % unless `confidence` says otherwise) of a fraction `p`.
 
     `n` may be fractional: an effective sample size (see `metrics.draws`) narrows or widens the
     interval without changing the estimate. The bounds always contain `p`.
     """
     if n <= 0:
         return 0.0, 1.0
-    z2 = _Z95**2
+    z = _Z95 if confidence == 0.95 else NormalDist().inv_cdf(0.5 + confidence / 2)
+    z2 = z**2
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n**2)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n**2)) / (1 + z2 / n)
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 

@@ -74,7 +74,7 @@ def win_rate(
     scores = [_SCORE[o] for o in items]
     value = math.fsum(scores) / total
     low, high = bootstrap_ci(scores, n_resamples=n_resamples, confidence=confidence, seed=seed)
-    wilson_low, wilson_high = wilson_bounds(value, total)
+    wilson_low, wilson_high = wilson_bounds(value, total, confidence)
     return WinRate(
         counts["a"],
         counts["b"],

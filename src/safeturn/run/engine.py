@@ -104,6 +104,14 @@ def run_settings(store: RunStore, run_id: str) -> EvalSettings:
     return EvalSettings.model_validate(store.get_run(run_id).config)
 
 
+def unfinished_samples(store: RunStore, run_id: str) -> set[str]:
+    """Ids of the samples a run (or resume) still has to do: not done, or judged `invalid`."""
+    status = store.sample_status(run_id)
+    todo = {sample_id for sample_id, (state, _) in status.items() if state != "done"}
+    todo.update(v.sample_id for v in store.verdicts(run_id) if v.label == "invalid")
+    return todo
+
+
 async def execute_run(
     store: RunStore,
     run_id: str,
@@ -112,10 +120,15 @@ async def execute_run(
     *,
     on_sample: SampleCallback | None = None,
 ) -> None:
-    """Run (or resume) every sample of a run that has not finished yet."""
+    """Run (or resume) every sample of a run that has not finished yet.
+
+    A finished sample with an `invalid` verdict counts as unfinished: the judge that could not
+    decide (a malformed answer, an endpoint that was down) is asked again, while its stored
+    model calls and valid verdicts are reused.
+    """
     settings = run_settings(store, run_id)
-    status = store.sample_status(run_id)
-    samples = [s for s in store.load_samples(run_id) if status[s.id][0] != "done"]
+    todo = unfinished_samples(store, run_id)
+    samples = [s for s in store.load_samples(run_id) if s.id in todo]
     runners: dict[int, SampleRunner] = {}
 
     def runner_for(sample: Sample) -> SampleRunner:
@@ -245,7 +258,7 @@ class SampleRunner:
         verdicts = []
         for judge in self.judges:
             verdict = self.store.get_verdict(self.run_id, sample.id, turn, judge.name)
-            if verdict is None:
+            if verdict is None or verdict.label == "invalid":
                 verdict = await judge(sample, dialogue, reply, turn)
                 self.store.record_verdict(self.run_id, verdict)
             verdicts.append(verdict)

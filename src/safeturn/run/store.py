@@ -562,7 +562,7 @@ class RunStore:
                     self._cond.wait(wait)  # let the group fill; close() cuts it short
             try:
                 self._drain()
-            except StoreError as exc:
+            except Exception as exc:  # kept in `_failure`; every later write raises it
                 logger.error("%s; resume the run from a new store", exc)
                 with self._cond:
                     self._writer = None
@@ -576,10 +576,20 @@ class RunStore:
             try:
                 if group and self._failure is None:
                     self._commit(group)
-            except StoreError as exc:
+            except Exception as exc:
+                failure = (
+                    exc
+                    if isinstance(exc, StoreError)
+                    else StoreError(
+                        f"could not write {len(group)} queued rows to {self._shown_url}: "
+                        + redact_url_credentials(str(exc))
+                    )
+                )
                 if self.durability == "group":
-                    self._failure = exc  # later writes may depend on this one: stop here
-                raise
+                    self._failure = failure  # later writes may depend on these: stop here
+                if failure is exc:
+                    raise
+                raise failure from exc
             finally:
                 if group:
                     self._forget(group)
@@ -602,7 +612,11 @@ class RunStore:
                 with self._engine.begin() as connection:
                     _execute_group(connection, [write])
             except IntegrityError as exc:
-                if not (write.kind == "call" and self._call_stored(*write.key())):
+                try:
+                    duplicate = write.kind == "call" and self._call_stored(*write.key())
+                except Exception as lookup:  # the database went away mid-check
+                    raise _write_error(self._shown_url, write, lookup) from exc
+                if not duplicate:
                     raise _write_error(self._shown_url, write, exc) from exc
             except Exception as exc:
                 raise _write_error(self._shown_url, write, exc) from exc
