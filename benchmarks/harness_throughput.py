@@ -13,6 +13,7 @@ shared machine).
 
     .venv/bin/python benchmarks/harness_throughput.py [--dialogues 250 1000 4000]
         [--reference] [--repeats 2] [--durability group|sync] [--window-ms 5]
+        [--loop asyncio|uvloop]   (uvloop: pip install uvloop first)
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp
 
@@ -39,6 +41,7 @@ from safeturn.run.engine import EvalSettings, execute_run, start_run
 from safeturn.run.store import Durability, RunStore
 from safeturn.schema import Dialogue, GenerateParams, Message, Sample
 
+T = TypeVar("T")
 LATENCY_S = 0.05
 CONCURRENCY = 64
 TURNS = 8
@@ -63,6 +66,9 @@ SERVER = textwrap.dedent(
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/cpu", cpu)
+    if sys.argv[3] == "uvloop":
+        import uvloop
+        uvloop.install()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
                 backlog=1024)
     """
@@ -120,7 +126,18 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def harness(n: int, port: int, durability: Durability, window_s: float, clock: Clock) -> int:
+def _run(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run on the chosen event loop: asyncio's own, or uvloop (libuv)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def harness(
+    n: int, port: int, durability: Durability, window_s: float, clock: Clock, loop: str
+) -> int:
     """Run n dialogues through the engine and the store; return the calls stored."""
     with tempfile.TemporaryDirectory() as folder:
         store = RunStore(Path(folder) / "bench.db", durability=durability, window_s=window_s)
@@ -139,7 +156,7 @@ def harness(n: int, port: int, durability: Durability, window_s: float, clock: C
                 await model.aclose()
 
         with clock:
-            asyncio.run(go())  # ends with finish_run, which commits everything queued
+            _run(go(), loop)  # ends with finish_run, which commits everything queued
         calls = len(store.calls(run_id))
         verdicts = len(store.verdicts(run_id))
         store.close()
@@ -147,7 +164,7 @@ def harness(n: int, port: int, durability: Durability, window_s: float, clock: C
     return calls
 
 
-def bare(n: int, port: int, clock: Clock) -> int:
+def bare(n: int, port: int, clock: Clock, loop: str) -> int:
     """The same requests (live history, 64 dialogues in flight) from plain aiohttp."""
 
     async def go() -> int:
@@ -175,7 +192,7 @@ def bare(n: int, port: int, clock: Clock) -> int:
         return done
 
     with clock:
-        done = asyncio.run(go())
+        done = _run(go(), loop)
     return done
 
 
@@ -183,10 +200,11 @@ def one(args: argparse.Namespace) -> None:
     """Child process: run one size, print one JSON line of measurements."""
     clock = Clock()
     if args.bare:
-        calls = bare(args.one, args.port, clock)
+        calls = bare(args.one, args.port, clock, args.loop)
     else:
         durability = cast("Durability", args.durability)
-        calls = harness(args.one, args.port, durability, args.window_ms / 1000, clock)
+        window_s = args.window_ms / 1000
+        calls = harness(args.one, args.port, durability, window_s, clock, args.loop)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"calls": calls, "wall": clock.wall, "cpu": clock.cpu, "rss_mb": rss_mb}))
 
@@ -195,6 +213,7 @@ def _measure(client: str, n: int, port: int, args: argparse.Namespace) -> dict[s
     """One size in a fresh child process, plus the server's CPU over the same span."""
     command = [sys.executable, __file__, "--one", str(n), "--port", str(port)]
     command += ["--durability", args.durability, "--window-ms", str(args.window_ms)]
+    command += ["--loop", args.loop]
     command += ["--bare"] if client == "bare" else []
     server_cpu = _server_cpu(port)
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -210,6 +229,9 @@ def main() -> None:
     parser.add_argument("--durability", choices=["group", "sync"], default="group")
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--reference", action="store_true", help="also run bare aiohttp")
+    parser.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="event loop, both sides"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="run every size this often")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -220,12 +242,12 @@ def main() -> None:
         return
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(LATENCY_S)])
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(LATENCY_S), args.loop])
     try:
         _wait_for(port)
         ideal = CONCURRENCY / LATENCY_S
         print(f"ideal: {ideal:.0f} calls/s (concurrency {CONCURRENCY} / latency {LATENCY_S}s)")
-        print(f"store: durability={args.durability}, window {args.window_ms} ms")
+        print(f"store: durability={args.durability}, window {args.window_ms} ms; loop {args.loop}")
         header = ["client", "dialogues", "calls", "s", "calls/s", "ratio", "of bare", "RSS MB"]
         header += ["s/1k dlg", "cpu ms/call", "srv ms/call"]
         print(" ".join(f"{h:>11}" for h in header))

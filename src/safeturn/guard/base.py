@@ -8,7 +8,7 @@ on this Protocol and on `ModerationResult`, never on how a moderator computes it
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -26,15 +26,7 @@ StrategyName = Literal[
 ]
 """The attack strategies a moderator can name (the `attacks/` registry names, plus `none`)."""
 
-STRATEGY_NAMES: tuple[StrategyName, ...] = (
-    "escalation",
-    "fake-compliance",
-    "image-grounding",
-    "image-description",
-    "typography",
-    "decomposition",
-    "none",
-)
+STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
 
 Stage = Literal["fast", "llm"]
 
