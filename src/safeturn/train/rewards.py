@@ -1,0 +1,373 @@
+"""The turn-aware dual-objective GRPO reward (AM³Safety, DESIGN §5) and a final-turn baseline.
+
+For one dialogue with T assistant turns and a group of N rollouts, a judge gives every rollout i
+and turn t a helpfulness r_help(i,t) and a harmlessness r_safe(i,t) in [0, 1]. Then
+
+    μ_t = mean_i r_safe(i,t)          Var_t = mean_i (r_safe(i,t) − μ_t)²   (population)
+    U_t = Var_t + λ · max(0, τ − μ_t)  α = softmax_t(U)
+    r_i = Σ_t α_t · (β · r_help(i,t) + r_safe(i,t))
+
+so the turns where the group disagrees, or is unsafe on average, carry the reward.
+
+Rollouts that ended early. Turn t of every rollout answers the same user message (user turns
+come from the dataset), so a group is aligned on its first turns and a `mask` marks the turns a
+rollout has. A missing turn is left out of μ_t and Var_t (they are statistics of the rollouts
+that reached the turn), a turn no rollout reached gets α_t = 0, and each rollout's sum uses α
+renormalised over its own turns: r_i = Σ_{t∈P_i} α_t x_it / Σ_{t∈P_i} α_t. A rollout's reward
+thus stays a weighted mean of its own turn scores on the same scale as a full rollout's, and it
+is neither rewarded nor punished for stopping; with every turn present this is the formula
+above exactly. Values under a False mask entry are ignored (NaN padding is fine).
+
+`make_turn_aware_reward` wraps this as a TRL reward function. Pure numpy: nothing here needs
+TRL or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from safeturn.errors import SafeturnError
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class RewardInputError(SafeturnError, ValueError):
+    """Scores or a mask given to a reward have the wrong shape, a NaN, or a value outside [0, 1]."""
+
+
+@dataclass(frozen=True)
+class TurnAwareRewardConfig:
+    """The λ, τ and β of the turn-aware reward; defaults are ours, not the paper's."""
+
+    lam: float = field(
+        default=1.0,
+        metadata={"help": "λ ≥ 0: weight of the unsafe-on-average term max(0, τ − μ_t) in U_t."},
+    )
+    tau: float = field(
+        default=0.5,
+        metadata={"help": "τ in [0, 1]: mean harmlessness below which a turn gets extra weight."},
+    )
+    beta: float = field(
+        default=1.0,
+        metadata={"help": "β ≥ 0: weight of helpfulness against harmlessness in each turn."},
+    )
+
+    def __post_init__(self) -> None:
+        """Reject values the formula cannot use, saying which range is allowed."""
+        for name in ("lam", "tau", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number; got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite; got {value!r}")
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0 (0 turns off the unsafe-turn term); got {self.lam}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1] like the harmlessness scores; got {self.tau}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0 (0 ignores helpfulness); got {self.beta}")
+
+
+class GroupReward(NamedTuple):
+    """One group's rewards and the per-turn quantities behind them, for logging."""
+
+    rewards: FloatArray
+    """r_i, shape (N,)."""
+    mean: FloatArray
+    """μ_t, mean harmlessness of the rollouts that reached turn t, shape (T,)."""
+    var: FloatArray
+    """Var_t, population variance of the same, shape (T,)."""
+    urgency: FloatArray
+    """U_t = Var_t + λ·max(0, τ − μ_t), shape (T,); −inf for a turn no rollout reached."""
+    alpha: FloatArray
+    """α_t = softmax_t(U_t), shape (T,), sums to 1."""
+
+
+def _check_scores(
+    help_scores: npt.ArrayLike, safe_scores: npt.ArrayLike, mask: npt.ArrayLike | None
+) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """Turn inputs into (N, T) arrays, or say exactly which rollout and turn is wrong."""
+    helpful = np.asarray(help_scores, dtype=np.float64)
+    safe = np.asarray(safe_scores, dtype=np.float64)
+    for name, array in (("help", helpful), ("safe", safe)):
+        if array.ndim != 2:
+            raise RewardInputError(
+                f"{name} scores must be a 2-D (rollouts, turns) array; got shape {array.shape}"
+            )
+    if helpful.shape != safe.shape:
+        raise RewardInputError(
+            f"help and safe scores differ in shape: {helpful.shape} vs {safe.shape}"
+        )
+    n, t = helpful.shape
+    if n == 0 or t == 0:
+        raise RewardInputError(f"a group needs at least one rollout and one turn; got ({n}, {t})")
+    if mask is None:
+        present = np.ones((n, t), dtype=np.bool_)
+    else:
+        present = np.asarray(mask)
+        if present.dtype != np.bool_:
+            raise RewardInputError(f"mask must be boolean; got dtype {present.dtype}")
+        if present.shape != helpful.shape:
+            raise RewardInputError(
+                f"mask shape {present.shape} differs from the scores' {helpful.shape}"
+            )
+        empty = np.flatnonzero(~present.any(axis=1))
+        if empty.size:
+            raise RewardInputError(f"rollout {int(empty[0])} has no turn in the mask")
+    for name, array in (("help", helpful), ("safe", safe)):
+        bad = present & ~((array >= 0.0) & (array <= 1.0))  # NaN fails both comparisons
+        if bad.any():
+            i, j = (int(k) for k in np.argwhere(bad)[0])
+            raise RewardInputError(
+                f"{name} score of rollout {i}, turn {j} must be in [0, 1]; got {array[i, j]}"
+            )
+    return helpful, safe, present
+
+
+def _softmax(urgency: FloatArray) -> FloatArray:
+    """Softmax that cannot overflow (max subtracted) and gives −inf entries exactly 0."""
+    shifted = np.exp(urgency - urgency.max())
+    return np.asarray(shifted / shifted.sum(), dtype=np.float64)
+
+
+def turn_aware_rewards(
+    help_scores: npt.ArrayLike,
+    safe_scores: npt.ArrayLike,
+    config: TurnAwareRewardConfig | None = None,
+    mask: npt.ArrayLike | None = None,
+) -> GroupReward:
+    """The turn-aware reward of one group of rollouts (see the module docstring).
+
+    Args:
+        help_scores: r_help, shape (N rollouts, T turns), values in [0, 1].
+        safe_scores: r_safe, same shape.
+        config: λ, τ, β; the defaults when omitted.
+        mask: Boolean (N, T), True where the rollout has the turn; all True when omitted.
+
+    Returns:
+        The rewards and the per-turn μ, Var, U, α.
+
+    Raises:
+        RewardInputError: Shapes differ or are empty, a present score is NaN or outside [0, 1],
+            or a rollout has no turn.
+    """
+    config = config or TurnAwareRewardConfig()
+    helpful, safe, present = _check_scores(help_scores, safe_scores, mask)
+    counts = present.sum(axis=0)
+    reached = counts > 0
+    safe_in = np.where(present, safe, 0.0)
+    mean = np.divide(safe_in.sum(axis=0), counts, out=np.zeros(counts.shape), where=reached)
+    deviation = np.where(present, safe - mean, 0.0)
+    var = np.divide((deviation**2).sum(axis=0), counts, out=np.zeros(counts.shape), where=reached)
+    urgency = var + config.lam * np.maximum(0.0, config.tau - mean)
+    urgency = np.where(reached, urgency, -np.inf)
+    alpha = _softmax(urgency)
+    per_turn = np.where(present, config.beta * helpful + safe, 0.0)
+    weights = np.where(present, alpha, 0.0)
+    totals = weights.sum(axis=1)
+    # A rollout whose turns all have α underflowing to 0 falls back to equal weights.
+    weights = np.where(totals[:, None] > 0, weights, present.astype(np.float64))
+    rewards = (weights * per_turn).sum(axis=1) / weights.sum(axis=1)
+    return GroupReward(rewards, mean, var, urgency, alpha)
+
+
+def per_completion_rewards(
+    help_scores: npt.ArrayLike,
+    safe_scores: npt.ArrayLike,
+    config: TurnAwareRewardConfig | None = None,
+    mask: npt.ArrayLike | None = None,
+) -> FloatArray:
+    """The baseline: β·r_help + r_safe of each rollout's last turn, blind to the rest.
+
+    Args:
+        help_scores: r_help, shape (N, T).
+        safe_scores: r_safe, same shape.
+        config: Only β is used.
+        mask: As in `turn_aware_rewards`; the last True turn of each row is its final turn.
+
+    Returns:
+        Rewards, shape (N,).
+
+    Raises:
+        RewardInputError: As `turn_aware_rewards`.
+    """
+    config = config or TurnAwareRewardConfig()
+    helpful, safe, present = _check_scores(help_scores, safe_scores, mask)
+    last = present.shape[1] - 1 - np.argmax(present[:, ::-1], axis=1)
+    rows = np.arange(present.shape[0])
+    return np.asarray(config.beta * helpful[rows, last] + safe[rows, last], dtype=np.float64)
+
+
+class ScoredTurn(Protocol):
+    """Anything indexable as (helpfulness, harmlessness, ...), e.g. a judge's `TurnScores`."""
+
+    def __getitem__(self, index: int, /) -> Any:
+        """Item 0 is helpfulness, item 1 harmlessness."""
+
+
+TurnScoreFn = Callable[..., Sequence[ScoredTurn]]
+"""`score_fn(prompt, completion, **row) -> per assistant turn (help, safe)`, turn order."""
+
+GroupFn = Callable[[FloatArray, FloatArray, TurnAwareRewardConfig, BoolArray], FloatArray]
+
+
+class TurnAwareReward:
+    """A TRL reward function: groups completions by prompt, scores turns, applies a group rule.
+
+    A callable class rather than a closure so that it pickles (TRL's habit for rewards with
+    parameters) and can keep the last call's per-turn components for logging.
+    """
+
+    def __init__(
+        self,
+        score_fn: TurnScoreFn,
+        config: TurnAwareRewardConfig,
+        num_generations: int | None,
+        group_fn: GroupFn | None,
+        name: str,
+    ) -> None:
+        """Store the parts; see `make_turn_aware_reward`."""
+        if num_generations is not None and num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1; got {num_generations}")
+        self.score_fn = score_fn
+        self.config = config
+        self.num_generations = num_generations
+        self.group_fn = group_fn
+        self.__name__ = name  # TRL names the reward's logged column after __name__
+        self.last_groups: list[GroupReward] = []
+        """The `GroupReward` of each group in the last call (empty for the baseline)."""
+
+    def _groups(self, prompts: Sequence[Any]) -> list[range]:
+        """Runs of equal consecutive prompts, cut into num_generations-sized groups if given."""
+        runs: list[range] = []
+        start = 0
+        for k in range(1, len(prompts) + 1):
+            if k == len(prompts) or prompts[k] != prompts[start]:
+                runs.append(range(start, k))
+                start = k
+        if self.num_generations is None:
+            return runs
+        size = self.num_generations
+        groups: list[range] = []
+        for run in runs:
+            if len(run) % size:
+                raise RewardInputError(
+                    f"completions {run.start}..{run.stop - 1} share a prompt but are not a "
+                    f"multiple of num_generations={size}; a group must reach one call whole"
+                )
+            groups.extend(range(s, s + size) for s in range(run.start, run.stop, size))
+        return groups
+
+    def _matrix(
+        self, scored: list[Sequence[ScoredTurn]], first: int
+    ) -> tuple[FloatArray, FloatArray, BoolArray]:
+        """Pad per-rollout turn lists into (N, T) arrays and the mask of turns present."""
+        turns = max(len(s) for s in scored)
+        helpful = np.full((len(scored), turns), np.nan)
+        safe = np.full((len(scored), turns), np.nan)
+        present = np.zeros((len(scored), turns), dtype=np.bool_)
+        for i, rollout in enumerate(scored):
+            if not rollout:
+                raise RewardInputError(f"score_fn gave no turns for completion {first + i}")
+            for t, turn in enumerate(rollout):
+                helpful[i, t], safe[i, t] = float(turn[0]), float(turn[1])
+            present[i, : len(rollout)] = True
+        return helpful, safe, present
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float]:
+        """Rewards in the order of `completions`, one float each."""
+        if len(prompts) != len(completions):
+            raise RewardInputError(
+                f"{len(prompts)} prompts but {len(completions)} completions; TRL passes one "
+                "(repeated) prompt per completion"
+            )
+        rows = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(prompts)}
+        rewards: list[float] = []
+        self.last_groups = []
+        for group in self._groups(prompts):
+            scored = [
+                self.score_fn(prompts[j], completions[j], **{k: v[j] for k, v in rows.items()})
+                for j in group
+            ]
+            helpful, safe, present = self._matrix(scored, group.start)
+            if self.group_fn is None:
+                result = turn_aware_rewards(helpful, safe, self.config, present)
+                self.last_groups.append(result)
+                values = result.rewards
+            else:
+                values = self.group_fn(helpful, safe, self.config, present)
+            rewards.extend(float(v) for v in values)
+        return rewards
+
+
+def make_turn_aware_reward(
+    score_fn: TurnScoreFn,
+    config: TurnAwareRewardConfig | None = None,
+    *,
+    num_generations: int | None = None,
+) -> TurnAwareReward:
+    """A TRL `GRPOTrainer` reward function computing `turn_aware_rewards` per prompt group.
+
+    TRL calls `reward(prompts=..., completions=..., completion_ids=..., **columns)` with one
+    prompt per completion; its `RepeatSampler` puts each prompt's `num_generations` completions
+    next to each other, so consecutive completions with equal prompts are one group. The group
+    rule needs the whole group in one call: true on one process, and on several when
+    `per_device_train_batch_size` is a multiple of `num_generations` (each process gets whole
+    groups). Pass `num_generations` to check that, and to split two adjacent rows whose prompts
+    happen to be equal. Dataset columns (lists as long as the batch) reach `score_fn` as the
+    one value of each row; other kwargs (`trainer_state`) are dropped.
+
+    Args:
+        score_fn: `(prompt, completion, **row) -> [(help, safe), ...]`, one pair (or a judge's
+            `TurnScores`) per assistant turn in order; a shorter list marks a rollout that
+            ended early (masked as described in the module docstring). Must be synchronous.
+        config: λ, τ, β.
+        num_generations: TRL's `num_generations`, when known.
+
+    Returns:
+        The reward function; its `last_groups` holds each group's μ, Var, U, α from the last call.
+
+    Examples:
+        >>> reward = make_turn_aware_reward(lambda p, c: [(1.0, 1.0), (0.0, c)])
+        >>> [round(r, 3) for r in reward(["q", "q"], [1.0, 0.0])]
+        [1.438, 0.876]
+        >>> reward.last_groups[0].alpha.round(3).tolist()
+        [0.438, 0.562]
+    """
+    return TurnAwareReward(
+        score_fn, config or TurnAwareRewardConfig(), num_generations, None, "turn_aware_reward"
+    )
+
+
+def make_per_completion_reward(
+    score_fn: TurnScoreFn,
+    config: TurnAwareRewardConfig | None = None,
+    *,
+    num_generations: int | None = None,
+) -> TurnAwareReward:
+    """The final-turn baseline (`per_completion_rewards`) as a TRL reward, for ablations.
+
+    Args:
+        score_fn: As in `make_turn_aware_reward`.
+        config: Only β is used.
+        num_generations: As in `make_turn_aware_reward`.
+
+    Returns:
+        The reward function.
+    """
+    return TurnAwareReward(
+        score_fn,
+        config or TurnAwareRewardConfig(),
+        num_generations,
+        per_completion_rewards,
+        "per_completion_reward",
+    )
