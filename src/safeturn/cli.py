@@ -21,6 +21,7 @@ from safeturn.commands.guard import guard_app
 from safeturn.commands.guard_serve import serve_command
 from safeturn.commands.judge import judge_app
 from safeturn.commands.synth import synth_command
+from safeturn.commands.train import train_app
 from safeturn.errors import SafeturnError
 from safeturn.judges.pairwise import PairVerdict
 from safeturn.models import BACKENDS, ChatModel, load_model
@@ -318,6 +319,7 @@ app.add_typer(data_app, name="data", help="List, inspect and export benchmark da
 app.add_typer(judge_app, name="judge", help="Train and inspect the embedded judges.")
 guard_app.command("serve")(serve_command)
 app.add_typer(guard_app, name="guard")
+app.add_typer(train_app, name="train")
 app.command("eval")(eval_command)
 app.command("build")(build_command)
 app.command("synth")(synth_command)

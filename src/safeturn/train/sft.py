@@ -1,0 +1,275 @@
+"""Cold-start refusal SFT on TRL with safeturn's own assistant-only masks (DESIGN §5).
+
+TRL's `assistant_only_loss` needs `{% generation %}` markers, which SmolLM2's template and most
+VLM templates lack, so the rows come from `build_example` (labels already -100 outside
+assistant turns) and TRL's dataset preparation is skipped: it would re-tokenize and replace
+those labels. `remove_unused_columns=False` keeps `attention_mask` and `pixel_values`, which
+TRL's default signature columns would drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from safeturn.errors import SafeturnError
+from safeturn.train.data import load_sft_rows
+from safeturn.train.masks import AssistantOnlyCollator
+
+if TYPE_CHECKING:
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+"""The `model` value naming the converted SmolLM2-135M-Instruct checkpoint."""
+
+
+class SFTConfigError(SafeturnError, ValueError):
+    """A config file or override is unreadable or inconsistent."""
+
+
+class LoraSettings(BaseModel):
+    """A LoRA adapter (peft) instead of full fine-tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Module names to adapt; the default matches Llama-style attention (and CLIP's)."""
+
+
+class SafeSFTConfig(BaseModel):
+    """One SFT run: model, data, optimisation; `to_trl()` gives TRL's `SFTConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = EMBEDDED
+    """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
+    data: Path
+    """A safeturn JSONL of samples whose dialogues contain assistant turns."""
+    output_dir: Path
+    max_steps: int = -1
+    """Optimizer steps; -1 trains for `epochs` instead."""
+    epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=2e-5, gt=0)
+    batch_size: int = Field(default=2, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int | None = Field(default=1024, ge=8)
+    """Dialogues are cut at message boundaries to fit (see `build_example`)."""
+    seed: int = 0
+    warmup_steps: int = Field(default=0, ge=0)
+    bf16: bool = False
+    """bf16 autocast; weights are loaded in float32 either way. Off by default for CPUs."""
+    gradient_checkpointing: bool = False
+    """Saves memory at ~30% more compute; TRL turns it on by default, we don't (small models)."""
+    lora: LoraSettings | None = None
+    logging_steps: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> SafeSFTConfig:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"max_steps must be positive, or -1 to use epochs (got {self.max_steps})"
+            )
+        return self
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> SafeSFTConfig:
+        """Read a YAML config (optional) and apply overrides; `None` overrides are ignored.
+
+        Raises:
+            SFTConfigError: The file is unreadable, or the merged values are invalid.
+        """
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise SFTConfigError(f"cannot read config {path}: {exc}") from exc
+            if loaded is not None and not isinstance(loaded, dict):
+                raise SFTConfigError(f"config {path} must be a mapping of field: value")
+            values.update(loaded or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            where = f"config {path}" if path else "SFT config"
+            raise SFTConfigError(f"{where}: {exc}") from exc
+
+    def to_trl(self) -> SFTConfig:
+        """TRL's `SFTConfig`, set up for pre-masked rows and a single final save."""
+        from trl.trainer.sft_config import SFTConfig
+
+        return SFTConfig(
+            output_dir=str(self.output_dir),
+            max_steps=self.max_steps,
+            num_train_epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.grad_accum,
+            warmup_steps=self.warmup_steps,
+            max_length=self.max_length,
+            seed=self.seed,
+            data_seed=self.seed,
+            bf16=self.bf16,
+            activation_checkpointing=self.gradient_checkpointing,
+            logging_steps=self.logging_steps,
+            logging_first_step=True,
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+        )
+
+    def peft_config(self) -> Any:
+        """The peft `LoraConfig`, or None for full fine-tuning."""
+        if self.lora is None:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora.r,
+            lora_alpha=self.lora.alpha,
+            lora_dropout=self.lora.dropout,
+            target_modules=list(self.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+
+
+class SFTResult(BaseModel):
+    """What a run did, for the CLI summary and run logs."""
+
+    checkpoint: Path
+    model: str
+    examples: int
+    steps: int
+    seconds: float
+    initial_loss: float
+    final_loss: float
+    trainable_params: int
+    total_params: int
+    lora: bool
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Wall time per optimizer step (model loading excluded)."""
+        return self.seconds / max(self.steps, 1)
+
+
+def resolve_model_dir(model: str) -> Path:
+    """The checkpoint directory a `model` value names.
+
+    Raises:
+        SFTConfigError: It is neither `embedded` nor an existing directory.
+    """
+    if model == EMBEDDED:
+        from safeturn.models.embedded import embedded_model_dir
+
+        return embedded_model_dir()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise SFTConfigError(
+            f"model {model!r} is neither {EMBEDDED!r} nor a local checkpoint directory "
+            "(no hub downloads)"
+        )
+    return path
+
+
+def _is_vlm(model_dir: Path) -> bool:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    return getattr(config, "vision_config", None) is not None
+
+
+def build_sft_trainer(config: SafeSFTConfig) -> SFTTrainer:
+    """Load the model and data and build TRL's `SFTTrainer` (data errors come before loading).
+
+    Raises:
+        SFTConfigError: The model directory does not exist.
+        SFTDataError: The data is empty or a sample cannot be masked.
+    """
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    model_dir = resolve_model_dir(config.model)
+    vlm = _is_vlm(model_dir)
+    loader = AutoProcessor if vlm else AutoTokenizer
+    processing = loader.from_pretrained(model_dir, local_files_only=True)
+    rows = load_sft_rows(config.data, processing, max_length=config.max_length)
+
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(rows)
+    model_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+    model = model_cls.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    return SFTTrainer(
+        model=model,
+        args=config.to_trl(),
+        data_collator=AssistantOnlyCollator(processing),
+        train_dataset=dataset,
+        processing_class=processing,
+        peft_config=config.peft_config(),
+    )
+
+
+def train_sft(config: SafeSFTConfig, *, trainer: SFTTrainer | None = None) -> SFTResult:
+    """Fine-tune on assistant turns only and save the model (or adapter) with its processor.
+
+    Args:
+        config: The run.
+        trainer: One already built by `build_sft_trainer(config)`, to inspect it around the
+            run; built here when omitted.
+
+    Returns:
+        Losses, steps and timing; `checkpoint` reloads with transformers (and peft for LoRA).
+
+    Raises:
+        SFTConfigError: The model directory does not exist.
+        SFTDataError: The data is empty or a sample cannot be masked.
+    """
+    if trainer is None:
+        trainer = build_sft_trainer(config)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        logger.warning("SFT logged non-finite or no losses: %s", losses)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(config.output_dir))
+    rows: Any = trainer.train_dataset
+    processing: Any = trainer.processing_class
+    processing.save_pretrained(str(config.output_dir))
+    model: Any = trainer.model
+    params = list(model.parameters())
+    return SFTResult(
+        checkpoint=config.output_dir,
+        model=config.model,
+        examples=len(rows),
+        steps=int(trainer.state.global_step),
+        seconds=seconds,
+        initial_loss=losses[0] if losses else math.nan,
+        final_loss=losses[-1] if losses else math.nan,
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        total_params=sum(p.numel() for p in params),
+        lora=config.lora is not None,
+    )
