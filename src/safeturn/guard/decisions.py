@@ -27,15 +27,13 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    create_engine,
-    event,
     insert,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from safeturn.run.store import database_url
+from safeturn.run.store import database_engine, database_url
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +128,7 @@ class DecisionLog:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
-        self._engine: Engine = _engine(url)
+        self._engine: Engine = database_engine(url)
         _Base.metadata.create_all(self._engine)
         self._max_pending = max_pending
         self._queue: asyncio.Queue[Decision] | None = None
@@ -199,19 +197,3 @@ class DecisionLog:
             finally:
                 for _ in batch:
                     queue.task_done()
-
-
-def _engine(url: str) -> Engine:
-    engine = create_engine(url)
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # The same settings as the run store: WAL lets the proxy write while a report reads.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()

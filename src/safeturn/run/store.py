@@ -191,6 +191,18 @@ def database_url(target: str | Path) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).expanduser()}"
 
 
+def database_engine(url: str) -> Engine:
+    """An engine for a run database, shared by the run store and the guard's decision log.
+
+    SQLite gets WAL, so a proxy or a run can write while a report reads, and a busy timeout,
+    so several writers wait instead of failing.
+    """
+    engine = create_engine(url)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class _Write(NamedTuple):
     """One queued write: a call, a verdict or a sample's done/error mark."""
 
@@ -300,9 +312,7 @@ class RunStore:
         self.durability: Durability = durability
         self.window_s = window_s
         self.max_pending = max_pending
-        self._engine: Engine = create_engine(url)
-        if url.startswith("sqlite"):
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._engine: Engine = database_engine(url)
         _Base.metadata.create_all(self._engine)
         # Per-run indexes of what is stored or queued, loaded once: a fresh call or verdict
         # then costs no lookup query.
