@@ -11,15 +11,17 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from safeturn.errors import SafeturnError
-from safeturn.guard.guarded import FailMode, GuardMode
-from safeturn.guard.server import TOKEN_ENV, ProxySettings
+from safeturn.guard.proxy_settings import TOKEN_ENV, ProxySettings
+
+if TYPE_CHECKING:
+    from safeturn.guard.guarded import FailMode, GuardMode
 
 err_console = Console(stderr=True)
 

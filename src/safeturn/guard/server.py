@@ -24,19 +24,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from safeturn.errors import PrerequisiteError
 from safeturn.guard.base import Moderator
 from safeturn.guard.decisions import Decision, DecisionLog
-from safeturn.guard.guarded import FailMode, GuardedModel, GuardMode, UpstreamError
+from safeturn.guard.guarded import GuardedModel, UpstreamError
 from safeturn.guard.policies import PolicyLibrary
 from safeturn.guard.proxy_metrics import ProxyMetrics
+from safeturn.guard.proxy_settings import ProxySettings
 from safeturn.guard.wire import (
     WireError,
     check_images,
@@ -48,12 +47,10 @@ from safeturn.guard.wire import (
 )
 from safeturn.models.base import ChatModel
 from safeturn.redact import redact_url_credentials
-from safeturn.schema import DEFAULT_LIMITS, Dialogue, GuardInfo, ImageLimits, ImagePart, Reply
+from safeturn.schema import Dialogue, GuardInfo, ImagePart, Reply
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "SAFETURN_GUARD_TOKEN"
-"""The environment variable holding the bearer token clients must send."""
 _ROUTES = frozenset({"/v1/chat/completions", "/v1/models", "/healthz", "/metrics"})
 
 Scope = MutableMapping[str, Any]
@@ -61,74 +58,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """Everything `create_app` needs; the command builds it from flags and the environment."""
-
-    upstream: str
-    """Model spec of the upstream, normally `openai:http://host:port/v1#model`."""
-    moderator: str = "embedded"
-    mode: GuardMode = "inject"
-    on_error: FailMode = "closed"
-    screen_replies: bool = False
-    token: str | None = field(default=None, repr=False)
-    """Bearer token clients must send; None only together with `no_auth`."""
-    no_auth: bool = False
-    max_body_bytes: int = 32 * 1024 * 1024
-    image_limits: ImageLimits = DEFAULT_LIMITS
-    upstream_timeout_s: float = 120.0
-    upstream_retries: int = 1
-    upstream_key_env: str = "OPENAI_API_KEY"
-    """Name of the variable holding the upstream's API key (the key itself is never held)."""
-    moderator_timeout_s: float = 10.0
-    default_max_tokens: int = 1024
-    database: str | None = None
-    """Run database (URL or SQLite path) for decision records; None records nothing."""
-    store_content: bool = False
-    """Also store message and reply text in decision records (images as sha256 only)."""
-    expose_scores: bool = False
-    """Send risk scores and strategy to clients (they help an attacker tune a jailbreak)."""
-    served_model: str | None = None
-    """The model name clients use; default: the upstream's model name."""
-    policies: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.token is None and not self.no_auth:
-            raise PrerequisiteError(
-                f"the guard proxy needs a bearer token: set {TOKEN_ENV}, or pass --no-auth "
-                "(only allowed on a loopback address)"
-            )
-        if self.token is not None and len(self.token) < 16:
-            raise PrerequisiteError(f"{TOKEN_ENV} is too short: use at least 16 characters")
-
-    def description(self) -> dict[str, Any]:
-        """A secret-free description of the server, stored as its run's config."""
-        return {
-            "upstream": redact_url_credentials(self.upstream),
-            "moderator": self.moderator,
-            "mode": self.mode,
-            "on_error": self.on_error,
-            "screen_replies": self.screen_replies,
-            "auth": not self.no_auth,
-            "max_body_bytes": self.max_body_bytes,
-            "upstream_timeout_s": self.upstream_timeout_s,
-            "moderator_timeout_s": self.moderator_timeout_s,
-            "store_content": self.store_content,
-            "served_model": self.served_name(),
-            "policies": None if self.policies is None else str(self.policies),
-        }
-
-    def served_name(self) -> str:
-        """The one model name this proxy answers to."""
-        if self.served_model:
-            return self.served_model
-        prefix, _, rest = self.upstream.partition(":")
-        if prefix == "openai" and "#" in rest:
-            return rest.partition("#")[2]
-        # Never show clients an internal spec (paths, hosts): only its last path component.
-        return redact_url_credentials(self.upstream).rsplit("/", 1)[-1]
 
 
 @dataclass
