@@ -13,7 +13,7 @@ from safeturn.commands.guard import guard_app
 from safeturn.guard.dataset import GuardExample
 from safeturn.guard.evaluate import MethodRun, summarize
 from safeturn.guard.keywords import keyword_hits, keyword_score
-from safeturn.guard.roc import auroc, threshold_at_fpr, tpr_at_fpr
+from safeturn.metrics.roc import auroc, threshold_at_fpr, tpr_at_fpr
 from safeturn.schema import Dialogue, Message, Sample
 from safeturn.taxonomy import Category
 

@@ -19,8 +19,8 @@ from safeturn.guard.images import ImageAnalyzer, nudenet_detector
 from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.policies import PolicyLibrary
-from safeturn.guard.roc import auroc
 from safeturn.judges.embedder import EMBEDDING_DIM, embed
+from safeturn.metrics.roc import auroc
 from safeturn.models.bridge import OcrBridge
 from safeturn.schema import Dialogue, ImagePart, Message
 from safeturn.taxonomy import Category

@@ -36,8 +36,8 @@ from safeturn.guard.keywords import keyword_hits, keyword_score
 from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.reader import Progress, prime
-from safeturn.guard.roc import auroc, rate, tpr_at_fpr
 from safeturn.judges.embedder import EMBEDDING_DIM, embed
+from safeturn.metrics.roc import auroc, rate, tpr_at_fpr
 from safeturn.schema import Dialogue, Message
 from safeturn.taxonomy import Category
 

@@ -39,8 +39,8 @@ from safeturn.guard.images import ImageAnalyzer, no_nudity
 from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.reader import DialogueReader, Progress, prime, stack_rows
-from safeturn.guard.roc import auroc, threshold_at_fpr
 from safeturn.judges.embedder import EMBEDDER_PIN, EMBEDDING_DIM, embed
+from safeturn.metrics.roc import auroc, threshold_at_fpr
 from safeturn.taxonomy import Category
 
 logger = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from safeturn.errors import PrerequisiteError, SchemaError
 from safeturn.judges.classifier import DEFAULT_HEAD_PATH, fit_head, pair_features
 from safeturn.judges.embedder import EMBEDDER_PIN
+from safeturn.metrics.roc import auroc
 
 SPLITS = ("train", "validation", "test")
 CUTS = (0.6, 0.8)  # cumulative group fractions: 60 % train, 20 % validation, 20 % test
@@ -170,8 +171,7 @@ def binary_metrics(y: Array, p: Array, threshold: float) -> dict[str, float]:
     n, pos = len(y), float(truth.sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    pairs = p[truth][:, None] - p[~truth][None, :]
-    auc = float(np.mean((pairs > 0) + 0.5 * (pairs == 0))) if pairs.size else 0.0
+    auc = auroc(truth, p)
     return {
         "n": float(n),
         "harmful": pos,
@@ -179,7 +179,7 @@ def binary_metrics(y: Array, p: Array, threshold: float) -> dict[str, float]:
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "roc_auc": auc,
+        "roc_auc": 0.0 if auc is None else auc,
         "majority_baseline": max(pos, n - pos) / n if n else 0.0,
     }
 

@@ -1,6 +1,7 @@
-"""Ranking metrics for the moderator: AUROC and the threshold for a false-positive budget.
+"""Ranking metrics: AUROC and the threshold for a false-positive budget.
 
-The same `threshold_at_fpr` picks the shipped threshold on validation and the TPR@5 %FPR
+Both trained heads (the classifier judge and the moderator) report AUROC from here. The same
+`threshold_at_fpr` picks the moderator's shipped threshold on validation and its TPR@5 %FPR
 operating point on test, so the two are defined identically.
 """
 
