@@ -94,7 +94,7 @@ def build_example(
         label = label or f"sample {dialogue.id!r}"
         dialogue = dialogue.dialogue
     label = label or "dialogue"
-    coder = _Coder(tokenizer_or_processor, label)
+    coder = ChatEncoder(tokenizer_or_processor, label)
     if dialogue.images and not coder.is_vlm:
         raise MaskError(
             f"{label}: has images but {type(tokenizer_or_processor).__name__} is a text-only "
@@ -201,7 +201,7 @@ class AssistantOnlyCollator:
         return filler + row if self.padding_side == "left" else row + filler
 
 
-class _Coder:
+class ChatEncoder:
     """Renders and tokenizes dialogue prefixes exactly as a model's inputs are built."""
 
     def __init__(self, tokenizer_or_processor: Any, label: str) -> None:

@@ -212,8 +212,15 @@ class ScoredTurn(Protocol):
         """Item 0 is helpfulness, item 1 harmlessness."""
 
 
-TurnScoreFn = Callable[..., Sequence[ScoredTurn]]
-"""`score_fn(prompt, completion, **row) -> per assistant turn (help, safe)`, turn order."""
+TurnScoreFn = Callable[..., Sequence[ScoredTurn] | None]
+"""`score_fn(prompt, completion, **row) -> per assistant turn (help, safe)`, turn order.
+
+None marks a rollout the judge could not score: it is left out of its group's statistics and
+gets a None reward, which TRL turns into NaN and a zero advantage.
+"""
+
+MAX_PENDING_GROUPS = 4096
+"""Groups kept for `drain()`; older ones are dropped when nobody drains (plain TRL use)."""
 
 GroupFn = Callable[[FloatArray, FloatArray, TurnAwareRewardConfig, BoolArray], FloatArray]
 
@@ -243,6 +250,15 @@ class TurnAwareReward:
         self.__name__ = name  # TRL names the reward's logged column after __name__
         self.last_groups: list[GroupReward] = []
         """The `GroupReward` of each group in the last call (empty for the baseline)."""
+        self.pending: list[GroupReward] = []
+        """Every group since the last `drain()`, for a trainer's periodic per-turn logging."""
+        self.unscored = 0
+        """Rollouts the score function returned None for, since construction."""
+
+    def drain(self) -> list[GroupReward]:
+        """The groups computed since the last drain, and forget them."""
+        groups, self.pending = self.pending, []
+        return groups
 
     def _groups(self, prompts: Sequence[Any]) -> list[range]:
         """Runs of equal consecutive prompts, cut into num_generations-sized groups if given."""
@@ -283,29 +299,38 @@ class TurnAwareReward:
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-    ) -> list[float]:
-        """Rewards in the order of `completions`, one float each."""
+    ) -> list[float | None]:
+        """Rewards in the order of `completions`: a float each, None for unscored rollouts."""
         if len(prompts) != len(completions):
             raise RewardInputError(
                 f"{len(prompts)} prompts but {len(completions)} completions; TRL passes one "
                 "(repeated) prompt per completion"
             )
         rows = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(prompts)}
-        rewards: list[float] = []
+        rewards: list[float | None] = []
         self.last_groups = []
         for group in self._groups(prompts):
             scored = [
                 self.score_fn(prompts[j], completions[j], **{k: v[j] for k, v in rows.items()})
                 for j in group
             ]
-            helpful, safe, present = self._matrix(scored, group.start)
-            if self.group_fn is None:
-                result = turn_aware_rewards(helpful, safe, self.config, present)
-                self.last_groups.append(result)
-                values = result.rewards
-            else:
-                values = self.group_fn(helpful, safe, self.config, present)
-            rewards.extend(float(v) for v in values)
+            kept = [i for i, s in enumerate(scored) if s is not None]
+            self.unscored += len(scored) - len(kept)
+            values: list[float | None] = [None] * len(scored)
+            if kept:
+                turns = [scored[i] for i in kept]
+                helpful, safe, present = self._matrix(turns, group.start)  # type: ignore[arg-type]
+                if self.group_fn is None:
+                    result = turn_aware_rewards(helpful, safe, self.config, present)
+                    self.last_groups.append(result)
+                    self.pending.append(result)
+                    del self.pending[:-MAX_PENDING_GROUPS]
+                    computed = result.rewards
+                else:
+                    computed = self.group_fn(helpful, safe, self.config, present)
+                for i, value in zip(kept, computed, strict=True):
+                    values[i] = float(value)
+            rewards.extend(values)
         return rewards
 
 

@@ -15,12 +15,30 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from safeturn.errors import SafeturnError
+from safeturn.train.config import (
+    EMBEDDED,
+    LoraSettings,
+    TrainConfig,
+    TrainConfigError,
+    is_vlm,
+    load_policy,
+    resolve_model_dir,
+)
 from safeturn.train.data import load_sft_rows
 from safeturn.train.masks import AssistantOnlyCollator
+
+__all__ = [
+    "EMBEDDED",
+    "LoraSettings",
+    "SFTConfigError",
+    "SFTResult",
+    "SafeSFTConfig",
+    "build_sft_trainer",
+    "resolve_model_dir",
+    "train_sft",
+]
 
 if TYPE_CHECKING:
     from trl.trainer.sft_config import SFTConfig
@@ -28,30 +46,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED = "embedded"
-"""The `model` value naming the converted SmolLM2-135M-Instruct checkpoint."""
+SFTConfigError = TrainConfigError
+"""The SFT name for a config error (the same class as every trainer's)."""
 
 
-class SFTConfigError(SafeturnError, ValueError):
-    """A config file or override is unreadable or inconsistent."""
-
-
-class LoraSettings(BaseModel):
-    """A LoRA adapter (peft) instead of full fine-tuning."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    r: int = Field(default=8, ge=1)
-    alpha: int = Field(default=16, ge=1)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    """Module names to adapt; the default matches Llama-style attention (and CLIP's)."""
-
-
-class SafeSFTConfig(BaseModel):
+class SafeSFTConfig(TrainConfig):
     """One SFT run: model, data, optimisation; `to_trl()` gives TRL's `SFTConfig`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = EMBEDDED
     """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
@@ -83,29 +83,6 @@ class SafeSFTConfig(BaseModel):
             )
         return self
 
-    @classmethod
-    def load(cls, path: Path | None = None, **overrides: Any) -> SafeSFTConfig:
-        """Read a YAML config (optional) and apply overrides; `None` overrides are ignored.
-
-        Raises:
-            SFTConfigError: The file is unreadable, or the merged values are invalid.
-        """
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise SFTConfigError(f"cannot read config {path}: {exc}") from exc
-            if loaded is not None and not isinstance(loaded, dict):
-                raise SFTConfigError(f"config {path} must be a mapping of field: value")
-            values.update(loaded or {})
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            where = f"config {path}" if path else "SFT config"
-            raise SFTConfigError(f"{where}: {exc}") from exc
-
     def to_trl(self) -> SFTConfig:
         """TRL's `SFTConfig`, set up for pre-masked rows and a single final save."""
         from trl.trainer.sft_config import SFTConfig
@@ -135,17 +112,7 @@ class SafeSFTConfig(BaseModel):
 
     def peft_config(self) -> Any:
         """The peft `LoraConfig`, or None for full fine-tuning."""
-        if self.lora is None:
-            return None
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.lora.r,
-            lora_alpha=self.lora.alpha,
-            lora_dropout=self.lora.dropout,
-            target_modules=list(self.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
+        return None if self.lora is None else self.lora.to_peft()
 
 
 class SFTResult(BaseModel):
@@ -168,32 +135,6 @@ class SFTResult(BaseModel):
         return self.seconds / max(self.steps, 1)
 
 
-def resolve_model_dir(model: str) -> Path:
-    """The checkpoint directory a `model` value names.
-
-    Raises:
-        SFTConfigError: It is neither `embedded` nor an existing directory.
-    """
-    if model == EMBEDDED:
-        from safeturn.models.embedded import embedded_model_dir
-
-        return embedded_model_dir()
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise SFTConfigError(
-            f"model {model!r} is neither {EMBEDDED!r} nor a local checkpoint directory "
-            "(no hub downloads)"
-        )
-    return path
-
-
-def _is_vlm(model_dir: Path) -> bool:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    return getattr(config, "vision_config", None) is not None
-
-
 def build_sft_trainer(config: SafeSFTConfig) -> SFTTrainer:
     """Load the model and data and build TRL's `SFTTrainer` (data errors come before loading).
 
@@ -201,26 +142,17 @@ def build_sft_trainer(config: SafeSFTConfig) -> SFTTrainer:
         SFTConfigError: The model directory does not exist.
         SFTDataError: The data is empty or a sample cannot be masked.
     """
-    import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
+    from datasets import Dataset
+    from transformers import AutoProcessor, AutoTokenizer
     from trl.trainer.sft_trainer import SFTTrainer
 
     model_dir = resolve_model_dir(config.model)
-    vlm = _is_vlm(model_dir)
+    vlm = is_vlm(model_dir)
     loader = AutoProcessor if vlm else AutoTokenizer
     processing = loader.from_pretrained(model_dir, local_files_only=True)
     rows = load_sft_rows(config.data, processing, max_length=config.max_length)
-
-    from datasets import Dataset
-
     dataset = Dataset.from_list(rows)
-    model_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
-    model = model_cls.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model, _ = load_policy(model_dir, vlm=vlm)
     return SFTTrainer(
         model=model,
         args=config.to_trl(),

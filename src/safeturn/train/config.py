@@ -1,0 +1,119 @@
+"""What every trainer's config shares: YAML + CLI overrides, LoRA, and the model to train.
+
+Each trainer has one pydantic config (`SafeSFTConfig`, `SafeGRPOConfig`, ...) so that a YAML
+file, the CLI flags and Python callers all go through the same validation and error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from safeturn.errors import SafeturnError
+
+EMBEDDED = "embedded"
+"""The `model` value naming the converted SmolLM2-135M-Instruct checkpoint."""
+
+
+class TrainConfigError(SafeturnError, ValueError):
+    """A config file or override is unreadable or inconsistent."""
+
+
+class TrainConfig(BaseModel):
+    """Base of the trainers' configs: strict fields and `load(yaml, **overrides)`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> Self:
+        """Read a YAML config (optional) and apply overrides; `None` overrides are ignored.
+
+        Raises:
+            TrainConfigError: The file is unreadable, or the merged values are invalid.
+        """
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise TrainConfigError(f"cannot read config {path}: {exc}") from exc
+            if loaded is not None and not isinstance(loaded, dict):
+                raise TrainConfigError(f"config {path} must be a mapping of field: value")
+            values.update(loaded or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            where = f"config {path}" if path else f"{cls.__name__}"
+            raise TrainConfigError(f"{where}: {exc}") from exc
+
+
+class LoraSettings(BaseModel):
+    """A LoRA adapter (peft) instead of full fine-tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Module names to adapt; the default matches Llama-style attention (and CLIP's)."""
+
+    def to_peft(self) -> Any:
+        """The peft `LoraConfig` for a causal LM."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            task_type="CAUSAL_LM",
+        )
+
+
+def resolve_model_dir(model: str) -> Path:
+    """The checkpoint directory a `model` value names.
+
+    Raises:
+        TrainConfigError: It is neither `embedded` nor an existing directory.
+    """
+    if model == EMBEDDED:
+        from safeturn.models.embedded import embedded_model_dir
+
+        return embedded_model_dir()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise TrainConfigError(
+            f"model {model!r} is neither {EMBEDDED!r} nor a local checkpoint directory "
+            "(no hub downloads)"
+        )
+    return path
+
+
+def is_vlm(model_dir: Path) -> bool:
+    """Whether the checkpoint has a vision tower (and so a processor, not just a tokenizer)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    return getattr(config, "vision_config", None) is not None
+
+
+def load_policy(model_dir: Path, *, vlm: bool) -> tuple[Any, Any]:
+    """The model (float32) and its processor (VLM) or tokenizer, from local files only."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    loader = AutoProcessor if vlm else AutoTokenizer
+    processing = loader.from_pretrained(model_dir, local_files_only=True)
+    model_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+    model = model_cls.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    return model, processing

@@ -1,0 +1,411 @@
+"""Turn-aware GRPO on TRL: multi-turn rollouts scored per turn (AM³Safety, DESIGN §5).
+
+TRL's `GRPOTrainer` does the policy-gradient step; safeturn supplies the parts it lacks for
+multi-turn safety: `MultiTurnRollout` (its `rollout_func`: the policy writes every assistant
+turn, the `env_mask` keeps loss on assistant tokens only), a per-turn judge
+(`turn_judges`), and the turn-aware reward computed over each group of `num_generations`
+rollouts. `TurnAwareGRPOTrainer` adds the per-turn components of that reward to TRL's logs
+(α_t, μ_t and U_t averaged over the groups since the last log) and appends every group's
+values to `turn_rewards.jsonl` in the output directory.
+
+Dialogues with images train a VLM through its processor; for a text-only policy (such as the
+embedded SmolLM2) images are first read into text by the same OCR bridge the embedded
+ChatModel uses, so the policy sees in training what it sees at evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from safeturn.errors import ImageError, SchemaError
+from safeturn.schema import Dialogue, Sample, read_jsonl
+from safeturn.train.config import (
+    EMBEDDED,
+    LoraSettings,
+    TrainConfig,
+    TrainConfigError,
+    is_vlm,
+    load_policy,
+    resolve_model_dir,
+)
+from safeturn.train.data import SFTDataError
+from safeturn.train.rewards import (
+    GroupReward,
+    TurnAwareReward,
+    TurnAwareRewardConfig,
+    make_turn_aware_reward,
+)
+from safeturn.train.rollouts import (
+    MultiTurnRollout,
+    RolloutError,
+    RolloutSettings,
+    answer_points,
+    prompt_messages,
+)
+from safeturn.train.turn_judges import TurnScorer, load_turn_scorer
+
+if TYPE_CHECKING:
+    from trl.trainer.grpo_config import GRPOConfig
+
+logger = logging.getLogger(__name__)
+
+TURN_LOG = "turn_rewards.jsonl"
+
+
+class RewardSettings(BaseModel):
+    """λ, τ, β of the turn-aware reward (`TurnAwareRewardConfig`)."""
+
+    lam: float = Field(default=1.0, ge=0)
+    tau: float = Field(default=0.5, ge=0, le=1)
+    beta: float = Field(default=1.0, ge=0)
+
+    def to_config(self) -> TurnAwareRewardConfig:
+        """The reward's own dataclass."""
+        return TurnAwareRewardConfig(lam=self.lam, tau=self.tau, beta=self.beta)
+
+
+class SafeGRPOConfig(TrainConfig):
+    """One turn-aware GRPO run; `to_trl()` gives TRL's `GRPOConfig`."""
+
+    model: str = EMBEDDED
+    """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
+    data: Path
+    """A safeturn JSONL of dialogues; user turns come from it, assistant turns are rolled out."""
+    output_dir: Path
+    judge: str = "classifier"
+    """`classifier` (offline stand-in) or `turn-scores:<model spec>`."""
+    history: Literal["own", "reference"] = "own"
+    """Each turn sampled on the policy's own history, or on the dataset's reference replies."""
+    max_turns: int | None = Field(default=None, ge=1)
+    """Keep only each dialogue's first N user turns (None: all)."""
+    num_generations: int = Field(default=8, ge=2)
+    """Rollouts per dialogue (N); the group of the turn-aware reward."""
+    batch_size: int = Field(default=8, ge=1)
+    """Rollouts per device per optimizer step; a multiple of `num_generations` keeps groups
+    whole on each process (the reward needs the whole group in one call)."""
+    grad_accum: int = Field(default=1, ge=1)
+    max_steps: int = -1
+    epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=1e-6, gt=0)
+    kl_beta: float = Field(default=0.0, ge=0)
+    """TRL's `beta`: weight of the KL penalty to the reference policy (0: no reference model)."""
+    loss_type: str | None = None
+    """TRL's loss (`grpo`, `dapo`, `dr_grpo`, ...); None keeps TRL's default."""
+    max_turn_tokens: int = Field(default=128, ge=1)
+    max_length: int = Field(default=2048, ge=16)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+    lora: LoraSettings | None = None
+    use_vllm: bool = False
+    """Sample turns with vLLM through TRL (`vllm_mode`: `colocate` or `server`); GPU only."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    logging_steps: int = Field(default=1, ge=1)
+    save: bool = True
+    """Save the final model (or adapter) and processor into `output_dir`."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SafeGRPOConfig:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"max_steps must be positive, or -1 to use epochs (got {self.max_steps})"
+            )
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of num_generations="
+                f"{self.num_generations}: the turn-aware reward needs each group whole"
+            )
+        if self.max_turn_tokens >= self.max_length:
+            raise ValueError("max_turn_tokens must be smaller than max_length")
+        return self
+
+    def to_trl(self) -> GRPOConfig:
+        """TRL's `GRPOConfig` for rollouts supplied by `MultiTurnRollout`."""
+        from trl.trainer.grpo_config import GRPOConfig
+
+        extra: dict[str, Any] = {}
+        if self.loss_type is not None:
+            extra["loss_type"] = self.loss_type
+        return GRPOConfig(
+            output_dir=str(self.output_dir),
+            max_steps=self.max_steps,
+            num_train_epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.grad_accum,
+            num_generations=self.num_generations,
+            max_completion_length=self.max_turn_tokens,
+            temperature=max(self.temperature, 1e-6),
+            top_p=self.top_p,
+            beta=self.kl_beta,
+            use_vllm=self.use_vllm,
+            vllm_mode=self.vllm_mode,
+            seed=self.seed,
+            data_seed=self.seed,
+            bf16=self.bf16,
+            gradient_checkpointing=self.gradient_checkpointing,
+            logging_steps=self.logging_steps,
+            logging_first_step=True,
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            **extra,
+        )
+
+    def rollout_settings(self) -> RolloutSettings:
+        """How `MultiTurnRollout` samples each turn."""
+        return RolloutSettings(
+            history=self.history,
+            max_turn_tokens=self.max_turn_tokens,
+            max_length=self.max_length,
+            temperature=self.temperature,
+            top_p=self.top_p,
+        )
+
+
+class GRPOResult(BaseModel):
+    """What a run did, for the CLI summary and run logs."""
+
+    checkpoint: Path
+    model: str
+    dialogues: int
+    steps: int
+    seconds: float
+    rewards: list[float]
+    """TRL's mean reward per logged step."""
+    losses: list[float]
+    turn_alpha: list[list[float]]
+    """Per logged step, the mean α_t for t = 1..T (over the groups of that step)."""
+    unscored: int
+    """Rollouts the judge could not score (zero advantage)."""
+    turn_log: Path
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Wall time per optimizer step (model loading excluded)."""
+        return self.seconds / max(self.steps, 1)
+
+
+def turn_metrics(groups: Sequence[GroupReward]) -> dict[str, float]:
+    """Mean α_t, μ_t and U_t over the groups that reached turn t, as flat log keys."""
+    out: dict[str, float] = {}
+    longest = max((len(g.alpha) for g in groups), default=0)
+    for t in range(longest):
+        reached = [g for g in groups if len(g.alpha) > t]
+        out[f"turn_aware/alpha_t{t + 1}"] = sum(float(g.alpha[t]) for g in reached) / len(reached)
+        means = [float(g.mean[t]) for g in reached if math.isfinite(float(g.mean[t]))]
+        if means:
+            out[f"turn_aware/safe_mean_t{t + 1}"] = sum(means) / len(means)
+        urgencies = [float(g.urgency[t]) for g in reached if math.isfinite(float(g.urgency[t]))]
+        if urgencies:
+            out[f"turn_aware/urgency_t{t + 1}"] = sum(urgencies) / len(urgencies)
+    return out
+
+
+def _group_row(step: int, group: GroupReward) -> dict[str, Any]:
+    def floats(values: Any) -> list[float | None]:
+        return [float(v) if math.isfinite(float(v)) else None for v in values]
+
+    return {
+        "step": step,
+        "rewards": floats(group.rewards),
+        "mean": floats(group.mean),
+        "var": floats(group.var),
+        "urgency": floats(group.urgency),
+        "alpha": floats(group.alpha),
+    }
+
+
+def _trainer_class() -> type[Any]:
+    """`TurnAwareGRPOTrainer`, defined on first use so importing this module skips TRL."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    class TurnAwareGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer that logs the turn-aware reward's per-turn components."""
+
+        def __init__(self, *args: Any, turn_reward: TurnAwareReward, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.turn_reward = turn_reward
+            self.turn_log = Path(str(self.args.output_dir)) / TURN_LOG
+            self.turn_alpha_history: list[list[float]] = []
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            groups = self.turn_reward.drain() if "loss" in logs else []
+            if groups:
+                metrics = turn_metrics(groups)
+                logs.update(metrics)
+                logs["turn_aware/unscored"] = float(self.turn_reward.unscored)
+                alphas = [v for k, v in metrics.items() if k.startswith("turn_aware/alpha_t")]
+                self.turn_alpha_history.append(alphas)
+                self.turn_log.parent.mkdir(parents=True, exist_ok=True)
+                with self.turn_log.open("a", encoding="utf-8") as handle:
+                    for group in groups:
+                        row = _group_row(int(self.state.global_step), group)
+                        handle.write(json.dumps(row) + "\n")
+            super().log(logs, start_time)
+
+    return TurnAwareGRPOTrainer
+
+
+def load_grpo_samples(config: SafeGRPOConfig, *, vlm: bool) -> list[Sample]:
+    """Read, cap and (for a text-only policy) OCR-bridge the training dialogues.
+
+    Raises:
+        SFTDataError: The file is missing or empty, a line is invalid, an image is unreadable,
+            or ids repeat (rollouts find their sample by id).
+    """
+    path = config.data
+    if not path.is_file():
+        raise SFTDataError(f"training data {path} does not exist")
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    bridge = None
+    try:
+        for sample in read_jsonl(path):
+            if sample.id in seen:
+                raise SFTDataError(f"{path}: sample id {sample.id!r} appears twice")
+            seen.add(sample.id)
+            dialogue = sample.dialogue
+            if config.max_turns is not None:
+                points = answer_points(dialogue)
+                if len(points) > config.max_turns:
+                    cut = points[config.max_turns - 1] + 1
+                    dialogue = Dialogue(messages=dialogue.messages[:cut])
+            if dialogue.images and not vlm:
+                from safeturn.models.bridge import OcrBridge, bridge_dialogue
+
+                bridge = bridge or OcrBridge()
+                dialogue = bridge_dialogue(dialogue, bridge, label=f"sample {sample.id!r}").dialogue
+            samples.append(sample.model_copy(update={"dialogue": dialogue, "turns": 0}))
+    except (SchemaError, ImageError) as exc:
+        raise SFTDataError(f"{path}: {exc}") from exc
+    if not samples:
+        raise SFTDataError(f"{path} holds no samples; GRPO needs dialogues with user turns")
+    return [Sample.model_validate(s.model_dump()) for s in samples]
+
+
+def _dataset(samples: Sequence[Sample], *, vlm: bool) -> Any:
+    from datasets import Dataset
+
+    rows: list[dict[str, Any]] = []
+    for sample in samples:
+        row: dict[str, Any] = {"prompt": prompt_messages(sample, structured=vlm)}
+        if vlm:
+            row["images"] = [
+                image.load(label=f"sample {sample.id!r} image {j}")
+                for j, image in enumerate(sample.dialogue.images)
+            ]
+        rows.append(row)
+    return Dataset.from_list(rows)
+
+
+def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = None) -> Any:
+    """Load the policy, data and judge, and build the `TurnAwareGRPOTrainer`.
+
+    Args:
+        config: The run.
+        scorer: A turn scorer to use instead of the one `config.judge` names (tests, or a
+            judge object shared with other code).
+
+    Raises:
+        TrainConfigError: The model directory does not exist.
+        SFTDataError: The data is empty or unreadable.
+        RolloutError: A dialogue cannot be rolled out (named).
+        ModelSpecError: The judge spec is unknown.
+    """
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    model_dir = resolve_model_dir(config.model)
+    vlm = is_vlm(model_dir)
+    samples = load_grpo_samples(config, vlm=vlm)
+    scorer = scorer or load_turn_scorer(config.judge)
+    model, processing = load_policy(model_dir, vlm=vlm)
+    rollout = MultiTurnRollout({s.id: s for s in samples}, processing, config.rollout_settings())
+
+    def score(prompt: Any, completion: Any, rollout_key: str, **_: Any) -> Any:
+        return scorer(rollout.records[rollout_key])
+
+    reward = make_turn_aware_reward(
+        score, config.reward.to_config(), num_generations=config.num_generations
+    )
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=[reward],
+        args=config.to_trl(),
+        train_dataset=_dataset(samples, vlm=vlm),
+        processing_class=processing,
+        peft_config=None if config.lora is None else config.lora.to_peft(),
+        rollout_func=rollout,
+        turn_reward=reward,
+    )
+    trainer.safeturn_rollout = rollout
+    trainer.safeturn_scorer = scorer
+    return trainer
+
+
+def train_grpo(config: SafeGRPOConfig, *, trainer: Any = None) -> GRPOResult:
+    """Run turn-aware GRPO and save the model (or adapter) with its processor.
+
+    Args:
+        config: The run.
+        trainer: One built by `build_grpo_trainer(config)`, to inspect it around the run.
+
+    Returns:
+        Rewards, losses, per-turn α per logged step and timing.
+
+    Raises:
+        TrainConfigError, SFTDataError, RolloutError, ModelSpecError: As `build_grpo_trainer`.
+    """
+    if trainer is None:
+        trainer = build_grpo_trainer(config)
+    started = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        trainer.safeturn_scorer.close()
+    seconds = time.perf_counter() - started
+    history = trainer.state.log_history
+    rewards = [float(e["reward"]) for e in history if "reward" in e]
+    losses = [float(e["loss"]) for e in history if "loss" in e]
+    if config.save:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        trainer.save_model(str(config.output_dir))
+        trainer.processing_class.save_pretrained(str(config.output_dir))
+    return GRPOResult(
+        checkpoint=config.output_dir,
+        model=config.model,
+        dialogues=len(trainer.safeturn_rollout.samples),
+        steps=int(trainer.state.global_step),
+        seconds=seconds,
+        rewards=rewards,
+        losses=losses,
+        turn_alpha=trainer.turn_alpha_history,
+        unscored=trainer.turn_reward.unscored,
+        turn_log=trainer.turn_log,
+    )
+
+
+__all__ = [
+    "GRPOResult",
+    "RewardSettings",
+    "RolloutError",
+    "SafeGRPOConfig",
+    "TrainConfigError",
+    "build_grpo_trainer",
+    "train_grpo",
+    "turn_metrics",
+]

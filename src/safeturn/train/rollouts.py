@@ -1,0 +1,435 @@
+"""Multi-turn rollouts for GRPO: the dataset's user turns, the policy's assistant turns.
+
+A multi-turn attack only works if the model's own earlier answers lead it on, so the policy
+writes every assistant turn on its own history (`history="own"`, on-policy). With
+`history="reference"` each turn is instead sampled on the dataset's history (the reference
+assistant turns), which keeps a weak starting policy from derailing later turns; the loss is
+still taken on the sequence of the policy's own turns, so for t > 1 the sampled context differs
+from the trained one (off-policy; TRL applies no importance correction without vLLM logprobs).
+
+Plugged into TRL's `GRPOTrainer(rollout_func=...)`: every dataset row's `prompt` is the whole
+dialogue (the first message carries the sample id under `safeturn_id`); the rollout renders the
+policy's dialogue with the model's own chat template, and returns the first user turn as
+`prompt_ids`, the rest as `completion_ids`, and an `env_mask` that is 1 on assistant tokens
+only (user turns, template headers and image tokens carry no loss; see `masks.build_example`).
+A rollout whose context outgrows `max_length` ends early: the turns it wrote are kept, and the
+turn-aware reward masks the turns it lacks. The scored view of each rollout is kept in
+`records` under the key returned in the `rollout_key` column, for the reward function.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from safeturn.errors import SafeturnError
+from safeturn.schema import Dialogue, ImagePart, Message, Sample
+from safeturn.train.masks import IGNORE_INDEX, ChatEncoder, MaskError, build_example
+
+logger = logging.getLogger(__name__)
+
+History = Literal["own", "reference"]
+SAMPLE_KEY = "safeturn_id"
+"""Key on a prompt's first message that names the sample it was built from."""
+_RECORDS_KEPT = 4096
+
+
+class RolloutError(SafeturnError, ValueError):
+    """A dialogue cannot be rolled out (no user turn, no reference, first turn too long)."""
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How each assistant turn is sampled."""
+
+    history: History = "own"
+    max_turn_tokens: int = 64
+    """New tokens per assistant turn."""
+    max_length: int = 1024
+    """Tokens of a whole rollout; a turn that would overflow it is not started."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class RolloutRecord:
+    """One rollout as the judge sees it: per turn, the context the policy saw and its reply."""
+
+    sample: Sample
+    contexts: list[Dialogue]
+    """The dialogue up to (and including) the user message each reply answers."""
+    replies: list[str]
+    hit_limit: list[bool]
+    """Turns cut by `max_turn_tokens` before the model ended them."""
+    planned_turns: int
+
+    @property
+    def ended_early(self) -> bool:
+        """The rollout stopped before answering every user turn (length budget)."""
+        return len(self.replies) < self.planned_turns
+
+    def dialogue(self) -> Dialogue:
+        """The policy's conversation: every user message, its replies after their turns."""
+        return _interleave(self.sample.dialogue, self.replies, keep_tail=False)
+
+
+def answer_points(dialogue: Dialogue) -> list[int]:
+    """Indices of the user messages that assistant turns answer.
+
+    Each user message followed by an assistant message or ending the dialogue is one; a run of
+    consecutive user messages is answered once, after its last.
+    """
+    messages = dialogue.messages
+    return [
+        k
+        for k, m in enumerate(messages)
+        if m.role == "user" and (k + 1 == len(messages) or messages[k + 1].role != "user")
+    ]
+
+
+def _policy_context(dialogue: Dialogue, replies: Sequence[str], point: int) -> Dialogue:
+    """Non-assistant messages up to `point`, with the policy's replies where turns ended."""
+    messages: list[Message] = []
+    points = iter(answer_points(dialogue))
+    replies_left = iter(replies)
+    next_point = next(points, None)
+    for k, message in enumerate(dialogue.messages[: point + 1]):
+        if message.role == "assistant":
+            continue
+        messages.append(message)
+        if k == next_point and k < point:
+            messages.append(Message.assistant(next(replies_left)))
+            next_point = next(points, None)
+    return Dialogue(messages=messages)
+
+
+def _interleave(dialogue: Dialogue, replies: Sequence[str], *, keep_tail: bool) -> Dialogue:
+    """The dataset's non-assistant messages with the policy's replies after answered turns.
+
+    With `keep_tail`, the user messages after the last reply stay (a VLM rollout that ended
+    early keeps its later images, so the image count matches the dataset row's).
+    """
+    points = answer_points(dialogue)
+    if not replies:
+        raise RolloutError("a rollout needs at least one reply")
+    last = points[len(replies) - 1]
+    context = _policy_context(dialogue, replies, last)
+    messages = [*context.messages, Message.assistant(replies[-1])]
+    if keep_tail:
+        messages += [m for m in dialogue.messages[last + 1 :] if m.role != "assistant"]
+    return Dialogue(messages=messages)
+
+
+def _reference_context(dialogue: Dialogue, point: int, label: str) -> Dialogue:
+    """The dataset's messages up to `point`; every earlier turn must have its reference reply."""
+    prefix = dialogue.messages[: point + 1]
+    for k in answer_points(dialogue):
+        if k >= point:
+            break
+        if dialogue.messages[k + 1].role != "assistant":
+            raise RolloutError(
+                f"{label}: history='reference' needs a reference assistant reply after every "
+                f"user turn but the last; message {k} has none"
+            )
+    return Dialogue(messages=prefix)
+
+
+def prompt_messages(sample: Sample, *, structured: bool) -> list[dict[str, Any]]:
+    """TRL's conversational `prompt` for a sample: the whole dialogue, tagged with its id.
+
+    Args:
+        sample: The dialogue (images already bridged to text for a text-only model).
+        structured: Part-list content with `{"type": "image"}` placeholders (VLMs, whose images
+            TRL fills from the row's `images` column); plain strings otherwise.
+    """
+    out: list[dict[str, Any]] = []
+    for message in sample.dialogue.messages:
+        content: Any
+        if structured:
+            content = [
+                {"type": "image", "text": None}
+                if isinstance(p, ImagePart)
+                else {"type": "text", "text": p.text}
+                for p in message.parts
+            ]
+        else:
+            content = message.text
+        out.append({"role": message.role, "content": content, SAMPLE_KEY: None})
+    out[0][SAMPLE_KEY] = sample.id
+    return out
+
+
+def sample_id_of(prompt: Any) -> str:
+    """The sample id a prompt built by `prompt_messages` carries."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping):
+        value = prompt[0].get(SAMPLE_KEY)
+        if isinstance(value, str):
+            return value
+    raise RolloutError(
+        "a GRPO prompt does not carry a safeturn sample id; build the dataset with "
+        "safeturn.train.grpo (prompt_messages), not by hand"
+    )
+
+
+class MultiTurnRollout:
+    """TRL's `rollout_func`: roll each prompt's dialogue out turn by turn with the policy.
+
+    Args:
+        samples: The training samples by id (what the prompts name).
+        tokenizer_or_processor: The policy's tokenizer (text) or processor (VLM).
+        settings: Sampling and length settings.
+    """
+
+    def __init__(
+        self,
+        samples: Mapping[str, Sample],
+        tokenizer_or_processor: Any,
+        settings: RolloutSettings | None = None,
+    ) -> None:
+        self.samples = dict(samples)
+        self.processing = tokenizer_or_processor
+        self.settings = settings or RolloutSettings()
+        self.encoder = ChatEncoder(tokenizer_or_processor, "rollout")
+        self.tokenizer = self.encoder.tokenizer
+        self.records: OrderedDict[str, RolloutRecord] = OrderedDict()
+        self._keys: Iterator[int] = itertools.count()
+        for sample in self.samples.values():
+            self._check(sample)
+
+    def _check(self, sample: Sample) -> None:
+        label = f"sample {sample.id!r}"
+        points = answer_points(sample.dialogue)
+        if not points:
+            raise RolloutError(f"{label}: has no user message to answer")
+        if sample.dialogue.images and not self.encoder.is_vlm:
+            raise RolloutError(
+                f"{label}: has images but the policy is text-only; bridge them to text first"
+            )
+        if self.settings.history == "reference":
+            _reference_context(sample.dialogue, points[-1], label)
+        first = _policy_context(sample.dialogue, [], points[0])
+        length = len(
+            self.encoder.encode(first, len(first.messages), generation_prompt=True)["input_ids"]
+        )
+        budget = self.settings.max_length - self.settings.max_turn_tokens
+        if length > budget:
+            raise RolloutError(
+                f"{label}: its first turn takes {length} tokens, more than max_length - "
+                f"max_turn_tokens = {budget}; raise max_length or shorten the dialogue"
+            )
+
+    # --- TRL entry point -------------------------------------------------------------------
+
+    def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
+        """Roll out one completion per prompt (TRL repeats each prompt `num_generations`)."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        samples = [self._sample(sample_id_of(p)) for p in prompts]
+        context: AbstractContextManager[Any]
+        if getattr(trainer, "use_vllm", False):
+            context = nullcontext(None)
+        else:
+            context = unwrap_model_for_generation(
+                trainer.model_wrapped,
+                trainer.accelerator,
+                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            )
+        with context as model:
+            records = self.roll(
+                model, samples, vllm=trainer.vllm_generation if model is None else None
+            )
+        return self.to_trl(records)
+
+    def _sample(self, sample_id: str) -> Sample:
+        try:
+            return self.samples[sample_id]
+        except KeyError:
+            raise RolloutError(
+                f"prompt names sample {sample_id!r}, unknown to this rollout"
+            ) from None
+
+    # --- rolling out -----------------------------------------------------------------------
+
+    def roll(
+        self, model: Any, samples: Sequence[Sample], *, vllm: Any = None
+    ) -> list[RolloutRecord]:
+        """Write every assistant turn of each sample with `model` (or TRL's vLLM generator).
+
+        Turn t of all rollouts is generated in one batch, so a batch of 8 rollouts of 4 turns
+        costs 4 generate calls (VLMs: one call per rollout and turn, as image inputs differ).
+        """
+        records = [RolloutRecord(s, [], [], [], len(answer_points(s.dialogue))) for s in samples]
+        for turn in range(max(r.planned_turns for r in records)):
+            active: list[RolloutRecord] = []
+            inputs: list[dict[str, Any]] = []
+            for record in records:
+                if len(record.replies) != turn or turn >= record.planned_turns:
+                    continue  # finished, or ended early on an earlier turn
+                context = self._context(record, turn)
+                encoded = self.encoder.encode(
+                    context, len(context.messages), generation_prompt=True
+                )
+                if (
+                    len(encoded["input_ids"]) + self.settings.max_turn_tokens
+                    > self.settings.max_length
+                ):
+                    continue  # the rollout ends here; the reward masks its missing turns
+                record.contexts.append(context)
+                active.append(record)
+                inputs.append(encoded)
+            if not active:
+                break
+            outputs = self._generate(model, inputs, vllm)
+            for record, (ids, hit_limit) in zip(active, outputs, strict=True):
+                record.replies.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+                record.hit_limit.append(hit_limit)
+        return records
+
+    def _context(self, record: RolloutRecord, turn: int) -> Dialogue:
+        point = answer_points(record.sample.dialogue)[turn]
+        if self.settings.history == "reference":
+            return _reference_context(record.sample.dialogue, point, f"sample {record.sample.id!r}")
+        return _policy_context(record.sample.dialogue, record.replies, point)
+
+    def _eos_ids(self, model: Any) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif isinstance(configured, list):
+            ids.update(configured)
+        return sorted(int(i) for i in ids if i is not None)
+
+    def _generate(
+        self, model: Any, inputs: list[dict[str, Any]], vllm: Any
+    ) -> list[tuple[list[int], bool]]:
+        """New token ids of each input up to its first end token, and whether it hit the limit."""
+        if vllm is not None:
+            return self._generate_vllm(vllm, inputs)
+        import torch
+        from transformers import GenerationConfig
+
+        eos = self._eos_ids(model)
+        pad = self.tokenizer.pad_token_id
+        sampling = self.settings.temperature > 0
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
+            max_new_tokens=self.settings.max_turn_tokens,
+            do_sample=sampling,
+            temperature=self.settings.temperature if sampling else None,
+            top_p=self.settings.top_p if sampling else None,
+            top_k=None,
+            eos_token_id=eos,
+            pad_token_id=pad if pad is not None else eos[0],
+        )
+        device = next(model.parameters()).device
+        batches = (
+            [[i] for i in range(len(inputs))] if self.encoder.is_vlm else [list(range(len(inputs)))]
+        )
+        new_ids: list[list[int]] = [[] for _ in inputs]
+        with torch.no_grad():
+            for batch in batches:
+                tensors = self._batch([inputs[i] for i in batch], device)
+                out = model.generate(**tensors, generation_config=config)
+                width = tensors["input_ids"].shape[1]
+                for row, i in zip(out[:, width:].tolist(), batch, strict=True):
+                    new_ids[i] = row
+        return [_cut(row, eos) for row in new_ids]
+
+    def _batch(self, inputs: list[dict[str, Any]], device: Any) -> dict[str, Any]:
+        """Left-padded token tensors (and a single VLM input's extras) on `device`."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id
+        width = max(len(x["input_ids"]) for x in inputs)
+        ids = [[pad] * (width - len(x["input_ids"])) + list(x["input_ids"]) for x in inputs]
+        mask = [[0] * (width - len(x["input_ids"])) + [1] * len(x["input_ids"]) for x in inputs]
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor(ids, device=device),
+            "attention_mask": torch.tensor(mask, device=device),
+        }
+        if len(inputs) == 1:
+            length = len(inputs[0]["input_ids"])
+            for key, value in inputs[0]["extras"].items():
+                tensor = torch.as_tensor(value)
+                if tensor.ndim == 1 and tensor.shape[0] == length:
+                    tensor = tensor.unsqueeze(0)
+                batch[key] = tensor.to(device)
+        return batch
+
+    def _generate_vllm(
+        self, vllm: Any, inputs: list[dict[str, Any]]
+    ) -> list[tuple[list[int], bool]]:
+        """One turn through TRL's vLLM generator (colocated or server), one sample each."""
+        _, completions, _, _ = vllm.generate(
+            prompts=[list(x["input_ids"]) for x in inputs], images=None, num_generations=1
+        )
+        eos = self._eos_ids(None)
+        return [_cut(list(row), eos) for row in completions]
+
+    # --- TRL's view ------------------------------------------------------------------------
+
+    def to_trl(self, records: Sequence[RolloutRecord]) -> dict[str, Any]:
+        """`prompt_ids`, `completion_ids`, `env_mask` per rollout, plus the records' keys."""
+        prompt_ids: list[list[int]] = []
+        completion_ids: list[list[int]] = []
+        env_mask: list[list[int]] = []
+        keys: list[str] = []
+        for record in records:
+            prompt, completion, mask = self.tokens(record)
+            prompt_ids.append(prompt)
+            completion_ids.append(completion)
+            env_mask.append(mask)
+            key = f"rollout-{next(self._keys)}"
+            self.records[key] = record
+            keys.append(key)
+        while len(self.records) > _RECORDS_KEPT:
+            self.records.popitem(last=False)
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids,
+            "logprobs": None,
+            "env_mask": env_mask,
+            "rollout_key": keys,
+        }
+
+    def tokens(self, record: RolloutRecord) -> tuple[list[int], list[int], list[int]]:
+        """Prompt ids (the first turn), completion ids and the completion's loss mask.
+
+        The completion ends after the last reply's end token; a last reply cut by the token
+        limit ends without one, so TRL counts it as truncated. The end token the template adds
+        after a cut middle reply carries no loss (the model did not choose to stop there).
+        """
+        label = f"sample {record.sample.id!r}"
+        if not record.replies:
+            raise RolloutError(f"{label}: the rollout wrote no turn")
+        tail = self.encoder.is_vlm and record.ended_early
+        dialogue = _interleave(record.sample.dialogue, record.replies, keep_tail=tail)
+        try:
+            example = build_example(dialogue, self.processing, label=label)
+        except MaskError as exc:
+            raise RolloutError(str(exc)) from exc
+        spans = example.assistant_spans
+        start = spans[0][0]
+        stop = len(example.input_ids) if tail else spans[-1][1]
+        labels = list(example.labels)
+        for (_, end), cut in zip(spans, record.hit_limit, strict=True):
+            if cut:
+                labels[end - 1] = IGNORE_INDEX
+        if record.hit_limit[-1] and not tail:
+            stop -= 1
+        completion = example.input_ids[start:stop]
+        mask = [0 if x == IGNORE_INDEX else 1 for x in labels[start:stop]]
+        return example.input_ids[:start], completion, mask
+
+
+def _cut(row: Sequence[int], eos: Sequence[int]) -> tuple[list[int], bool]:
+    for i, token in enumerate(row):
+        if token in eos:
+            return list(row[:i]), False
+    return list(row), True
