@@ -11,7 +11,15 @@ tokens, on this machine's device (CPU unless CUDA is present). The overhead rati
 time of the turn-aware callable over the plain one, divided by that step; target <= 5 %. Also
 printed: the step time at which the turn-aware callable's whole cost would reach 5 %.
 
+`--grpo-steps K` (default 2) then measures the same thing inside real steps of safeturn's
+`TurnAwareGRPOTrainer` on the embedded model: 4 three-turn dialogues x N = 4 rollouts of 8
+tokens per turn, judge scores drawn at random per rollout (the judge is excluded). In every step
+the trainer's reward call computes both rewards on the same inputs (the turn-aware one trains,
+the plain one is only timed), and the overhead is their time difference over the step's wall
+time (rollouts + TRL's loss and optimizer).
+
     .venv/bin/python benchmarks/reward_overhead.py [--threads N] [--repeats 200] [--steps 3]
+        [--grpo-steps 2]
 """
 
 from __future__ import annotations
@@ -110,11 +118,100 @@ def step_time(steps: int) -> tuple[float, str]:
     return median_s(step, steps), f"{device} ({torch.get_num_threads()} threads)"
 
 
+def grpo_step_overhead(steps: int) -> dict[str, float]:
+    """Seconds per GRPO step and per reward call, turn-aware vs plain, in the same steps."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    from safeturn.judges.turn_scores import TurnScores
+    from safeturn.schema import Dialogue, Message, Sample, write_jsonl
+    from safeturn.train.grpo import SafeGRPOConfig, build_grpo_trainer
+    from safeturn.train.rollouts import RolloutRecord
+
+    rng = np.random.default_rng(1)
+    topics = ["locks", "chemistry", "networks", "medicine"]
+    samples = [
+        Sample(
+            id=f"bench-{i}",
+            source="benchmark",
+            harmful=True,
+            dialogue=Dialogue(
+                messages=[
+                    Message.user(f"I'm reading about {topic}."),
+                    Message.assistant("Sounds interesting."),
+                    Message.user("What are the basics?"),
+                    Message.assistant("Here they are."),
+                    Message.user("And the risky parts, step by step?"),
+                ]
+            ),
+        )
+        for i, topic in enumerate(topics)
+    ]
+
+    class RandomScores:
+        """A stand-in judge: fixed random (help, safe) per rollout turn, no model."""
+
+        name = "random"
+
+        def __call__(self, record: RolloutRecord) -> list[TurnScores]:
+            return [TurnScores(*map(float, rng.random(2))) for _ in record.replies]
+
+        def close(self) -> None:
+            pass
+
+    timings: dict[str, list[float]] = {"turn_aware": [], "plain": [], "step": []}
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            timings["step"].append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "dialogues.jsonl"
+        write_jsonl(samples, data)
+        config = SafeGRPOConfig(
+            data=data,
+            output_dir=Path(tmp) / "out",
+            num_generations=4,
+            batch_size=16,
+            max_steps=steps,
+            max_turn_tokens=8,
+            max_length=512,
+            learning_rate=1e-6,
+            save=False,
+        )
+        trainer = build_grpo_trainer(config, scorer=RandomScores())
+        turn_aware = trainer.turn_reward
+        plain = make_per_completion_reward(
+            turn_aware.score_fn, CONFIG, num_generations=config.num_generations
+        )
+
+        def both(prompts: Any, completions: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            plain(prompts, completions, **kwargs)
+            middle = time.perf_counter()
+            values = turn_aware(prompts, completions, **kwargs)
+            timings["plain"].append(middle - start)
+            timings["turn_aware"].append(time.perf_counter() - middle)
+            return values
+
+        both.__name__ = turn_aware.__name__
+        trainer.reward_funcs[0] = both
+        trainer.add_callback(StepClock())
+        trainer.train()
+    return {k: statistics.median(v) for k, v in timings.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--grpo-steps", type=int, default=2, help="0 skips the real GRPO steps")
     args = parser.parse_args()
     import torch
 
@@ -140,6 +237,15 @@ def main() -> None:
             f" {extra / step_s:>10.3%} {t['trl_turn_aware'] / 0.05 * 1e3:>17.1f} ms"
         )
     print(f"worst overhead of turn-aware over plain: {worst:.3%} of a step (target <= 5 %)")
+    if args.grpo_steps:
+        real = grpo_step_overhead(args.grpo_steps)
+        extra = real["turn_aware"] - real["plain"]
+        print(
+            f"in real TurnAwareGRPOTrainer steps (4 dialogues x 4 rollouts x 3 turns, median of "
+            f"{args.grpo_steps}): step {real['step']:.2f} s; reward call turn-aware "
+            f"{real['turn_aware'] * 1e3:.3f} ms, plain {real['plain'] * 1e3:.3f} ms; "
+            f"overhead {extra / real['step']:.4%} of the step (target <= 5 %)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from safeturn.commands.eval import eval_command
 from safeturn.commands.guard import guard_app
 from safeturn.commands.guard_serve import serve_command
 from safeturn.commands.judge import judge_app
-from safeturn.commands.synth import synth_command
+from safeturn.commands.loop import loop_command
+from safeturn.commands.synth import synth_app
 from safeturn.commands.train import train_app
 from safeturn.errors import SafeturnError
 from safeturn.judges.pairwise import PairVerdict
@@ -322,7 +323,8 @@ app.add_typer(guard_app, name="guard")
 app.add_typer(train_app, name="train")
 app.command("eval")(eval_command)
 app.command("build")(build_command)
-app.command("synth")(synth_command)
+app.command("loop")(loop_command)
+app.add_typer(synth_app, name="synth")
 
 
 if __name__ == "__main__":

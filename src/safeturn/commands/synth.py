@@ -1,4 +1,9 @@
-"""`safeturn synth`: build an InterSafe-V style training set, resumable through the run database."""
+"""`safeturn synth`: training data, resumable through the run database.
+
+`synth dialogues` builds an InterSafe-V style multi-turn set; `synth mrd` lists and verifies the
+risks of each sample (DREAM step 1); `synth risk-sft` turns them into risk-aware SFT samples
+(DREAM step 2).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +21,20 @@ from safeturn.errors import SafeturnError
 from safeturn.judges import load_judge
 from safeturn.models import load_model
 from safeturn.run.store import RunStore
-from safeturn.schema import Sample, write_jsonl
+from safeturn.schema import GenerateParams, Sample, write_jsonl
 from safeturn.synth import Synthesizer, SynthSettings, SynthStats
+from safeturn.synth.mrd import MRDResult, MRDSettings, RiskDisentangler
+from safeturn.synth.risk_sft import RiskSFTBuilder
+from safeturn.synth.risks import RiskRecord
 
 if TYPE_CHECKING:
     from safeturn.attacks.base import Seed
 
 console = Console()
+synth_app = typer.Typer(
+    help="Synthesize training data: multi-turn dialogues and DREAM risk data.",
+    no_args_is_help=True,
+)
 
 
 def _turn_list(text: str) -> list[int]:
@@ -52,7 +64,11 @@ def synth_command(
     db: Annotated[Path, typer.Option(help="run database")] = Path("runs/synth.db"),
     resume: Annotated[str | None, typer.Option(help="continue this synthesis run id")] = None,
 ) -> None:
-    """Decompose harmful seeds into multi-turn dialogues with expert-written safe answers."""
+    """Decompose harmful seeds into multi-turn dialogues with expert-written safe answers.
+
+    An attacker splits each seed into innocent-looking sub-questions and a safety expert, told
+    the hidden goal, writes the assistant turns.
+    """
     from safeturn.attacks.base import seed_from_sample
     from safeturn.data import load_dataset
 
@@ -128,3 +144,203 @@ async def _synthesize(
         for model in {id(m): m for m in (attacker, expert, target) if m is not None}.values():
             await model.aclose()
     return samples, synthesizer.stats, synthesizer.errors
+
+
+def _load_samples(data: str, limit: int | None, text_only: bool) -> list[Sample]:
+    """Samples of a data spec, or of a safeturn JSONL given as a bare path."""
+    from safeturn.data import load_dataset
+
+    spec = f"jsonl:{data}" if data.endswith(".jsonl") and Path(data).is_file() else data
+    loaded = load_dataset(spec, limit=limit, text_only=text_only)
+    for missing in loaded.missing_images:
+        console.print(f"[yellow]skipped {missing.sample_id}:[/yellow] {missing.reason}")
+    return loaded.samples
+
+
+def _count_table(title: str, counts: dict[str, object]) -> Table:
+    table = Table(title=title)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, value in counts.items():
+        table.add_row(name.replace("_", " "), str(value))
+    return table
+
+
+def mrd_command(
+    out: Annotated[Path, typer.Option(help="risk JSONL to write (one RiskRecord per line)")],
+    data: Annotated[
+        str | None, typer.Option(help="a data spec such as figstep:PATH, or a safeturn JSONL")
+    ] = None,
+    teacher: Annotated[str, typer.Option(help="model spec that lists the risks")] = "embedded",
+    verifier: Annotated[
+        str | None, typer.Option(help="model spec that checks each risk (default: the teacher)")
+    ] = None,
+    verify: Annotated[bool, typer.Option(help="run the verification pass")] = True,
+    summary: Annotated[
+        Path | None, typer.Option(help="summary JSON (default: OUT with .summary.json)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
+    text_only: Annotated[
+        bool, typer.Option(help="load the set without its images (sets that ship none)")
+    ] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once")] = 8,
+    retries: Annotated[int, typer.Option(min=0, help="correction turns per request")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="tokens per teacher answer")] = 384,
+    db: Annotated[Path, typer.Option(help="run database")] = Path("runs/synth.db"),
+    resume: Annotated[str | None, typer.Option(help="continue this MRD run id")] = None,
+) -> None:
+    """List each sample's risks with their source and category, then verify each one.
+
+    Samples whose teacher answer never parses are left out of OUT and listed, with the raw
+    answer, in the summary; a resumed run repeats no finished call.
+    """
+    from safeturn.synth.mrd import summarize
+    from safeturn.synth.risks import write_risk_records
+
+    if resume is None and not data:
+        raise typer.BadParameter("--data is required unless --resume is given")
+    store = RunStore(db)
+    try:
+        if resume is None:
+            settings = MRDSettings(
+                teacher=teacher,
+                verifier=verifier,
+                verify=verify,
+                retries=retries,
+                concurrency=concurrency,
+                data=data or "",  # checked above
+            )
+            settings.params = settings.params.model_copy(update={"max_tokens": max_tokens})
+            config = {**settings.model_dump(mode="json"), "limit": limit, "text_only": text_only}
+            run_id = store.create_run(config, kind="mrd")
+        else:
+            config = store.get_run(resume).config
+            settings = MRDSettings.model_validate(
+                {k: v for k, v in config.items() if k not in ("limit", "text_only")}
+            )
+            limit, text_only, run_id = config.get("limit"), bool(config.get("text_only")), resume
+        samples = _load_samples(settings.data, limit, text_only)
+        records, failures = asyncio.run(_disentangle(store, run_id, settings, samples))
+        store.finish_run(run_id, "done")
+    except SafeturnError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+    finally:
+        store.close()
+    write_risk_records(records, out)
+    report = summarize(records, failures, samples=len(samples))
+    summary_path = summary or out.with_suffix(".summary.json")
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    counts = report.model_dump(exclude={"by_source", "by_category", "kept_by_source", "failures"})
+    console.print(_count_table(f"MRD run {run_id}: {out}", counts))
+    for name, table in (("source", report.by_source), ("category", report.by_category)):
+        if table:
+            console.print(f"by {name}: " + ", ".join(f"{k} {v}" for k, v in table.items()))
+    for failure in failures:
+        console.print(
+            f"[yellow]failed {failure.sample_id} ({failure.stage}):[/yellow] {failure.reason}",
+            soft_wrap=True,
+        )
+    console.print(f"summary: {summary_path}")
+
+
+async def _disentangle(
+    store: RunStore, run_id: str, settings: MRDSettings, samples: list[Sample]
+) -> MRDResult:
+    teacher = load_model(settings.teacher)
+    verifier = None
+    if settings.verify and settings.verifier and settings.verifier != settings.teacher:
+        verifier = load_model(settings.verifier)
+    disentangler = RiskDisentangler(store, run_id, settings, teacher=teacher, verifier=verifier)
+    columns = (TextColumn("mrd"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("samples", total=len(samples))
+            return await disentangler.run(samples, on_item=lambda _id: progress.advance(task))
+    finally:
+        for model in {id(m): m for m in (teacher, verifier) if m is not None}.values():
+            await model.aclose()
+
+
+def risk_sft_command(
+    data: Annotated[
+        str, typer.Option(help="the samples MRD ran on: a data spec or a safeturn JSONL")
+    ],
+    risks: Annotated[Path, typer.Option(help="risk JSONL written by `safeturn synth mrd`")],
+    out: Annotated[Path, typer.Option(help="SFT JSONL to write")],
+    writer: Annotated[
+        str, typer.Option(help="`template` (no model) or a model spec that writes the replies")
+    ] = "template",
+    limit: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
+    text_only: Annotated[bool, typer.Option(help="load the set without its images")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="replies written at once")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="tokens per writer reply")] = 256,
+    images_dir: Annotated[
+        Path | None, typer.Option(help="where images are copied (default: images/ beside --out)")
+    ] = None,
+    db: Annotated[Path, typer.Option(help="run database (writer models only)")] = Path(
+        "runs/synth.db"
+    ),
+    resume: Annotated[str | None, typer.Option(help="continue this risk-sft run id")] = None,
+) -> None:
+    """Write risk-aware SFT samples: a reply that names the observed risks, then declines or helps.
+
+    The template writer composes replies from the risks and the guard's policy texts and needs
+    no model; a writer model is called through the run database and can be resumed.
+    """
+    from safeturn.synth.risks import risks_by_sample
+
+    try:
+        records = risks_by_sample(risks)
+        samples = _load_samples(data, limit, text_only)
+        if writer == "template":
+            builder = RiskSFTBuilder(concurrency=concurrency)
+            written = asyncio.run(builder.run(samples, records))
+            run_label = "template"
+        else:
+            store = RunStore(db)
+            try:
+                config = {"writer": writer, "data": data, "risks": str(risks), "limit": limit}
+                run_id = resume or store.create_run(config, kind="risk-sft")
+                params = GenerateParams(max_tokens=max_tokens, temperature=0.0)
+                written, builder = asyncio.run(
+                    _write_with_model(store, run_id, writer, params, concurrency, samples, records)
+                )
+                store.finish_run(run_id, "done")
+            finally:
+                store.close()
+            run_label = f"run {run_id}"
+    except SafeturnError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+    written = localize_images(written, images_dir or out.parent / "images", out.parent)
+    write_jsonl(written, out)
+    counts = builder.stats.model_dump(exclude={"skipped"})
+    console.print(_count_table(f"risk-aware SFT ({run_label}): {out}", counts))
+    for item, why in builder.stats.skipped:
+        console.print(f"[yellow]skipped {item}:[/yellow] {why}", soft_wrap=True)
+
+
+async def _write_with_model(
+    store: RunStore,
+    run_id: str,
+    spec: str,
+    params: GenerateParams,
+    concurrency: int,
+    samples: list[Sample],
+    records: dict[str, RiskRecord],
+) -> tuple[list[Sample], RiskSFTBuilder]:
+    model = load_model(spec)
+    builder = RiskSFTBuilder(
+        model, store=store, run_id=run_id, params=params, concurrency=concurrency
+    )
+    try:
+        return await builder.run(samples, records), builder
+    finally:
+        await model.aclose()
+
+
+synth_app.command("dialogues")(synth_command)
+synth_app.command("mrd")(mrd_command)
+synth_app.command("risk-sft")(risk_sft_command)

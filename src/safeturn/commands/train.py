@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safeturn.commands.train_dream import dpo_command, dream_command
 from safeturn.errors import SafeturnError
 
 if TYPE_CHECKING:
@@ -198,3 +199,8 @@ def grpo_command(
         f"saved: {escape(str(result.checkpoint))}",
         soft_wrap=True,
     )
+
+
+# DREAM (`dream`: risk-aware SFT then RLAIF) and RLAIF alone (`dpo`) live in their own module.
+train_app.command("dream")(dream_command)
+train_app.command("dpo")(dpo_command)

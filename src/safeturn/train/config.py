@@ -7,7 +7,7 @@ file, the CLI flags and Python callers all go through the same validation and er
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,6 +16,9 @@ from safeturn.errors import SafeturnError
 
 EMBEDDED = "embedded"
 """The `model` value naming the converted SmolLM2-135M-Instruct checkpoint."""
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class TrainConfigError(SafeturnError, ValueError):
@@ -34,21 +37,46 @@ class TrainConfig(BaseModel):
         Raises:
             TrainConfigError: The file is unreadable, or the merged values are invalid.
         """
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise TrainConfigError(f"cannot read config {path}: {exc}") from exc
-            if loaded is not None and not isinstance(loaded, dict):
-                raise TrainConfigError(f"config {path} must be a mapping of field: value")
-            values.update(loaded or {})
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        where = f"config {path}" if path else cls.__name__
+        return validated(cls, read_config(path, overrides), where)
+
+
+def read_config(
+    path: Path | None,
+    overrides: dict[str, Any],
+    *,
+    error: type[SafeturnError] = TrainConfigError,
+) -> dict[str, Any]:
+    """Merge a YAML mapping with overrides (`None` values ignored); the caller validates it.
+
+    Raises:
+        TrainConfigError: (or `error`) The file is unreadable or not a mapping.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
         try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            where = f"config {path}" if path else f"{cls.__name__}"
-            raise TrainConfigError(f"{where}: {exc}") from exc
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise error(f"cannot read config {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise error(f"config {path} must be a mapping of field: value")
+        values.update(loaded or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def validated(
+    model: type[M],
+    values: dict[str, Any],
+    where: str,
+    *,
+    error: type[SafeturnError] = TrainConfigError,
+) -> M:
+    """`model.model_validate(values)`, with validation errors raised as `error`."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise error(f"{where}: {exc}") from exc
 
 
 class LoraSettings(BaseModel):
@@ -117,3 +145,19 @@ def load_policy(model_dir: Path, *, vlm: bool) -> tuple[Any, Any]:
     model_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
     model = model_cls.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
     return model, processing
+
+
+def save_trained(trainer: Any, output_dir: Path, *, merge_lora: bool) -> None:
+    """Save a trainer's model and its tokenizer or processor into `output_dir`.
+
+    A LoRA model is saved as its adapter unless `merge_lora`, which folds the adapter into the
+    weights first: a merged checkpoint loads like any other (`hf:`, the next DREAM stage, the
+    loop's re-evaluation), an adapter needs peft and its base model.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = trainer.model
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        model.merge_and_unload().save_pretrained(str(output_dir))
+    else:
+        trainer.save_model(str(output_dir))
+    trainer.processing_class.save_pretrained(str(output_dir))

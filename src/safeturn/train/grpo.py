@@ -36,6 +36,7 @@ from safeturn.train.config import (
     is_vlm,
     load_policy,
     resolve_model_dir,
+    save_trained,
 )
 from safeturn.train.data import SFTDataError
 from safeturn.train.rewards import (
@@ -115,6 +116,8 @@ class SafeGRPOConfig(TrainConfig):
     logging_steps: int = Field(default=1, ge=1)
     save: bool = True
     """Save the final model (or adapter) and processor into `output_dir`."""
+    merge_lora: bool = False
+    """With `lora`, save full merged weights instead of the adapter (loads without peft)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SafeGRPOConfig:
@@ -155,7 +158,7 @@ class SafeGRPOConfig(TrainConfig):
             seed=self.seed,
             data_seed=self.seed,
             bf16=self.bf16,
-            gradient_checkpointing=self.gradient_checkpointing,
+            activation_checkpointing=self.gradient_checkpointing,
             logging_steps=self.logging_steps,
             logging_first_step=True,
             save_strategy="no",
@@ -382,9 +385,7 @@ def train_grpo(config: SafeGRPOConfig, *, trainer: Any = None) -> GRPOResult:
     rewards = [float(e["reward"]) for e in history if "reward" in e]
     losses = [float(e["loss"]) for e in history if "loss" in e]
     if config.save:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_model(str(config.output_dir))
-        trainer.processing_class.save_pretrained(str(config.output_dir))
+        save_trained(trainer, config.output_dir, merge_lora=config.merge_lora)
     return GRPOResult(
         checkpoint=config.output_dir,
         model=config.model,

@@ -231,6 +231,7 @@ class ChatEncoder:
                 self.image_ids = frozenset({int(image_id)})
 
     def end_ids(self, end_tokens: Iterable[str] | None) -> frozenset[int]:
+        """Token ids of the named end-of-turn tokens (default: the eos token)."""
         names = list(end_tokens) if end_tokens is not None else [self.tokenizer.eos_token]
         ids = {self.tokenizer.convert_tokens_to_ids(n) for n in names if n is not None}
         return frozenset(int(i) for i in ids if i is not None and i != self.tokenizer.unk_token_id)

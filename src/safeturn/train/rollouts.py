@@ -279,6 +279,11 @@ class MultiTurnRollout:
                     > self.settings.max_length
                 ):
                     continue  # the rollout ends here; the reward masks its missing turns
+                if vllm is not None and context.images:
+                    encoded["images"] = [
+                        image.load(label=f"sample {record.sample.id!r} image {j}")
+                        for j, image in enumerate(context.images)
+                    ]
                 record.contexts.append(context)
                 active.append(record)
                 inputs.append(encoded)
@@ -365,9 +370,16 @@ class MultiTurnRollout:
     def _generate_vllm(
         self, vllm: Any, inputs: list[dict[str, Any]]
     ) -> list[tuple[list[int], bool]]:
-        """One turn through TRL's vLLM generator (colocated or server), one sample each."""
+        """One turn through TRL's vLLM generator (colocated or server), one sample each.
+
+        Like TRL's own vLLM path, prompts go as processor token ids (image tokens expanded)
+        with each context's images beside them.
+        """
+        images = [x.get("images") or None for x in inputs]
         _, completions, _, _ = vllm.generate(
-            prompts=[list(x["input_ids"]) for x in inputs], images=None, num_generations=1
+            prompts=[list(x["input_ids"]) for x in inputs],
+            images=images if any(images) else None,
+            num_generations=1,
         )
         eos = self._eos_ids(None)
         return [_cut(list(row), eos) for row in completions]

@@ -25,6 +25,7 @@ from safeturn.train.config import (
     is_vlm,
     load_policy,
     resolve_model_dir,
+    save_trained,
 )
 from safeturn.train.data import load_sft_rows
 from safeturn.train.masks import AssistantOnlyCollator
@@ -73,6 +74,8 @@ class SafeSFTConfig(TrainConfig):
     gradient_checkpointing: bool = False
     """Saves memory at ~30% more compute; TRL turns it on by default, we don't (small models)."""
     lora: LoraSettings | None = None
+    merge_lora: bool = False
+    """With `lora`, save full merged weights instead of the adapter (loads without peft)."""
     logging_steps: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
@@ -186,13 +189,12 @@ def train_sft(config: SafeSFTConfig, *, trainer: SFTTrainer | None = None) -> SF
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
     if not losses or not all(math.isfinite(x) for x in losses):
         logger.warning("SFT logged non-finite or no losses: %s", losses)
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(config.output_dir))
     rows: Any = trainer.train_dataset
-    processing: Any = trainer.processing_class
-    processing.save_pretrained(str(config.output_dir))
     model: Any = trainer.model
     params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    save_trained(trainer, config.output_dir, merge_lora=config.merge_lora)
     return SFTResult(
         checkpoint=config.output_dir,
         model=config.model,
@@ -201,7 +203,7 @@ def train_sft(config: SafeSFTConfig, *, trainer: SFTTrainer | None = None) -> SF
         seconds=seconds,
         initial_loss=losses[0] if losses else math.nan,
         final_loss=losses[-1] if losses else math.nan,
-        trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        total_params=sum(p.numel() for p in params),
+        trainable_params=trainable,
+        total_params=total,
         lora=config.lora is not None,
     )

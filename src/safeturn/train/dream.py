@@ -1,0 +1,197 @@
+"""DREAM end to end: risk-aware SFT (optional), then iterative RLAIF from its checkpoint.
+
+DREAM's first step, risk disentanglement, produces data rather than a model (`safeturn synth
+mrd` writes the risk JSONL and the risk-aware SFT JSONL), so this module runs steps 2 and 3 on
+those files. RLAIF starts from the SFT checkpoint because the SFT stage teaches the policy to
+name risks at all; without it, k samples from a base model rarely contain a reply that does,
+and the judge has nothing to prefer.
+
+Layout of `output_dir`: `sft/` (the SFT checkpoint), `rlaif/round-{r}/` and `rlaif/rounds.json`,
+and `dream.json` (the SFT settings and result, written once the SFT stage finished). A rerun
+with the same settings reuses a finished SFT stage and finished rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from safeturn.judges.risk_score import RiskScorer
+from safeturn.train.rlaif import (
+    RlaifConfig,
+    RlaifError,
+    RlaifResult,
+    RlaifSettings,
+    read_config,
+    train_rlaif,
+    validated,
+)
+from safeturn.train.sft import EMBEDDED, LoraSettings, SafeSFTConfig, SFTResult, train_sft
+
+logger = logging.getLogger(__name__)
+
+DREAM_FILE = "dream.json"
+
+
+class SftStage(BaseModel):
+    """The risk-aware SFT stage: `SafeSFTConfig`'s optimisation fields (data given apart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = -1
+    epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=2e-5, gt=0)
+    batch_size: int = Field(default=2, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int | None = Field(default=1024, ge=8)
+    seed: int = 0
+    lora: LoraSettings | None = None
+
+
+class DreamConfig(BaseModel):
+    """A DREAM run: the base model, the SFT stage and the RLAIF rounds.
+
+    In YAML, `sft:` and `rlaif:` are mappings of their stage's fields, e.g.
+    `rlaif: {data: prompts.jsonl, risks: risks.jsonl, rounds: 3}`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = EMBEDDED
+    """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
+    output_dir: Path
+    sft_data: Path | None = None
+    """The risk-aware SFT JSONL; None skips the SFT stage and starts RLAIF from `model`."""
+    sft: SftStage = Field(default_factory=SftStage)
+    rlaif: RlaifSettings
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None = None,
+        *,
+        sft: dict[str, Any] | None = None,
+        rlaif: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> DreamConfig:
+        """Read a YAML config (optional) and apply overrides; `None` overrides are ignored.
+
+        Args:
+            path: The YAML file.
+            sft: Overrides of SFT stage fields, merged into the file's `sft:` mapping.
+            rlaif: Overrides of RLAIF fields, merged into the file's `rlaif:` mapping.
+            overrides: Top-level fields (`model`, `output_dir`, `sft_data`).
+
+        Raises:
+            RlaifError: The file is unreadable, or the merged values are invalid.
+        """
+        values = read_config(path, overrides)
+        for key, extra in (("sft", sft), ("rlaif", rlaif)):
+            stage = values.get(key) or {}
+            if not isinstance(stage, dict):
+                raise RlaifError(f"config {path}: {key} must be a mapping of field: value")
+            merged = {**stage, **{k: v for k, v in (extra or {}).items() if v is not None}}
+            if merged or key == "rlaif":
+                values[key] = merged
+        where = f"config {path}" if path else "DREAM config"
+        config: DreamConfig = validated(cls, values, where)
+        return config
+
+    def sft_config(self) -> SafeSFTConfig:
+        """The SFT stage as a `SafeSFTConfig` (saved under `output_dir/sft`).
+
+        Raises:
+            RlaifError: There is no SFT data.
+        """
+        if self.sft_data is None:
+            raise RlaifError("the DREAM config has no sft_data, so there is no SFT stage")
+        return SafeSFTConfig(
+            model=self.model,
+            data=self.sft_data,
+            output_dir=self.output_dir / "sft",
+            merge_lora=True,  # RLAIF starts from this checkpoint as a plain model
+            **self.sft.model_dump(),
+        )
+
+    def rlaif_config(self, start: str) -> RlaifConfig:
+        """The RLAIF stage starting from `start` (saved under `output_dir/rlaif`)."""
+        return RlaifConfig(
+            model=start, output_dir=self.output_dir / "rlaif", **self.rlaif.model_dump()
+        )
+
+
+class DreamResult(BaseModel):
+    """A finished DREAM run."""
+
+    checkpoint: Path
+    """The last RLAIF round's model."""
+    sft: SFTResult | None
+    sft_reused: bool = False
+    rlaif: RlaifResult
+
+
+class _SftRecord(BaseModel):
+    """`dream.json`: the finished SFT stage's settings (to check a resume) and result."""
+
+    settings: dict[str, Any]
+    result: SFTResult
+
+
+def _read_record(path: Path) -> _SftRecord | None:
+    if not path.is_file():
+        return None
+    try:
+        return _SftRecord.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as exc:
+        raise RlaifError(f"{path} is unreadable ({exc}); delete it to rerun the SFT stage") from exc
+
+
+def train_dream(
+    config: DreamConfig,
+    *,
+    scorer: RiskScorer | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DreamResult:
+    """Run (or resume) the SFT stage, then the RLAIF rounds from its checkpoint.
+
+    Args:
+        config: The run.
+        scorer: The RLAIF judge (and eval judge, unless `rlaif.eval_judge` names one); built
+            from `rlaif.judge` when omitted.
+        progress: Called with a short status line as each phase starts.
+
+    Raises:
+        RlaifError: Bad RLAIF data or settings, a round without preference pairs, or an
+            output folder holding a run with other settings.
+        SFTConfigError: The model is neither `embedded` nor a local checkpoint directory.
+        SFTDataError: The SFT data is empty or holds a sample that cannot be masked.
+    """
+    say = progress or (lambda _msg: None)
+    record = config.output_dir / DREAM_FILE
+    sft: SFTResult | None = None
+    reused = False
+    start = config.model
+    if config.sft_data is not None:
+        sft_config = config.sft_config()
+        settings = sft_config.model_dump(mode="json")
+        stored = _read_record(record)
+        if stored is not None and (sft_config.output_dir / "config.json").is_file():
+            if stored.settings != settings:
+                raise RlaifError(
+                    f"{config.output_dir} holds a DREAM run whose SFT stage had other settings; "
+                    "use another output_dir, or the same settings to resume"
+                )
+            sft, reused = stored.result, True
+        else:
+            say("risk-aware SFT")
+            sft = train_sft(sft_config)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            done = _SftRecord(settings=settings, result=sft)
+            record.write_text(done.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        start = str(sft.checkpoint)
+    rlaif = train_rlaif(config.rlaif_config(start), scorer=scorer, progress=say)
+    return DreamResult(checkpoint=rlaif.checkpoint, sft=sft, sft_reused=reused, rlaif=rlaif)
