@@ -13,15 +13,19 @@ from safeturn.models.scripted import ScriptedModel
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, Message, Sample
 from safeturn.synth.mrd import (
+    MRDFailure,
+    MRDResult,
     MRDSettings,
     RiskDisentangler,
     disentangle_request,
     parse_risks,
     parse_verdict,
     risk_source,
+    run_failure,
     summarize,
 )
 from safeturn.synth.prompts import VERIFY_SYSTEM
+from safeturn.synth.risks import RiskRecord
 from safeturn.taxonomy import Category
 
 DRUGS_IN_IMAGE = {
@@ -314,3 +318,17 @@ async def test_embedded_teacher_run_completes_with_risks_or_a_clean_failure(
     teacher_calls = [c for c in store.calls(run_id) if c.role == "expert"]
     assert len(teacher_calls) == 1
     store.close()
+
+
+def test_run_failure_names_errors_and_empty_runs() -> None:
+    record = RiskRecord(sample_id="a", risks=[], teacher="t")
+    unreadable = MRDFailure(sample_id="b", stage="disentangle", reason="no JSON")
+    error = MRDFailure(sample_id="c", stage="error", reason="BackendError: 401 bad key")
+    assert run_failure(MRDResult([record], [unreadable]), 2) is None  # the teacher's fault only
+    assert run_failure(MRDResult([record], [unreadable, error]), 3) == (
+        "1 of 3 sample(s) failed with an error (first: c: BackendError: 401 bad key)"
+    )
+    assert run_failure(MRDResult([], [unreadable]), 1) == (
+        "no risk record was produced from 1 sample(s) (first failure: b (disentangle): no JSON)"
+    )
+    assert run_failure(MRDResult([], []), 0) == "no risk record was produced from 0 sample(s)"

@@ -130,8 +130,11 @@ def test_mrd_and_risk_sft_commands_end_to_end_with_resume(
     risks, db = tmp_path / "risks.jsonl", tmp_path / "mrd.db"
     args = ["synth", "mrd", "--data", str(data), "--teacher", f"scripted:{table}"]
     result = runner.invoke(app, [*args, "--out", str(risks), "--db", str(db)])
-    assert result.exit_code == 0, result.output
+    # the fourth sample's call fails (an error, not an unreadable answer): the run fails, but
+    # the records of the others and the summary are still written
+    assert result.exit_code == 1, result.output
     assert f"failed {samples[3].id}" in result.output
+    assert f"1 of 4 sample(s) failed with an error (first: {samples[3].id}:" in result.output
 
     records = risks_by_sample(risks)
     assert list(records) == [s.id for s in samples[:3]]
@@ -147,14 +150,14 @@ def test_mrd_and_risk_sft_commands_end_to_end_with_resume(
 
     store = RunStore(db)
     (run,) = store.list_runs()
-    assert run.kind == "mrd" and run.status == "done"
+    assert run.kind == "mrd" and run.status == "failed"
     calls = len(store.calls(run.id))
     assert calls == 5
     again = runner.invoke(
         app,
         ["synth", "mrd", "--resume", run.id, "--out", str(tmp_path / "r2.jsonl"), "--db", str(db)],
     )
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 1, again.output  # the same sample fails again
     assert (tmp_path / "r2.jsonl").read_text() == risks.read_text()
     assert len(store.calls(run.id)) == calls, "a resumed MRD run makes no new calls"
     store.close()
@@ -186,3 +189,37 @@ def test_mrd_command_needs_data_or_resume(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "--data is required" in result.output
+
+
+def test_mrd_command_fails_when_no_record_is_produced(shared_data: Path, tmp_path: Path) -> None:
+    data, samples, _table = _dream_inputs(shared_data, tmp_path)
+    empty = tmp_path / "nothing.json"
+    empty.write_text("{}")  # the teacher answers nothing, as with a bad API key
+    db, out = tmp_path / "m.db", tmp_path / "r.jsonl"
+    args = ["synth", "mrd", "--data", str(data), "--teacher", f"scripted:{empty}"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert f"4 of 4 sample(s) failed with an error (first: {samples[0].id}:" in result.output
+    store = RunStore(db)
+    (run,) = store.list_runs()
+    assert run.status == "failed"
+    store.close()
+
+
+def test_mrd_resume_refuses_other_kinds_and_unreadable_configs(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    store = RunStore(db)
+    dialogues = store.create_run({"data": "x"}, kind="synth")
+    broken = store.create_run({"data": "x", "teacher": 3, "concurrency": "many"}, kind="mrd")
+    store.close()
+    out = str(tmp_path / "r.jsonl")
+    other = runner.invoke(
+        app, ["synth", "mrd", "--resume", dialogues, "--out", out, "--db", str(db)]
+    )
+    assert other.exit_code == 1 and other.exception is not None
+    assert f"run {dialogues} is a 'synth' run, not an MRD run" in other.output
+    assert "Traceback" not in other.output
+    bad = runner.invoke(app, ["synth", "mrd", "--resume", broken, "--out", out, "--db", str(db)])
+    assert bad.exit_code == 1, bad.output
+    assert f"run {broken}: invalid MRD config" in bad.output and "concurrency" in bad.output
+    assert isinstance(bad.exception, SystemExit)

@@ -10,11 +10,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from safeturn.commands.train_dream import dpo_command, dream_command
+from safeturn.commands.train_dream import dpo_command, dream_command, round_tables
 from safeturn.schema import Dialogue, Message, Sample, write_jsonl
 from safeturn.synth.risks import Risk, RiskRecord, write_risk_records
-from safeturn.train.dream import DreamConfig
-from safeturn.train.rlaif import RlaifError
+from safeturn.train.dream import DreamConfig, sft_fingerprint
+from safeturn.train.rlaif import EvalStats, RlaifError, RlaifResult, RoundRecord, TrainStats
 
 app = typer.Typer()
 app.command("dream")(dream_command)
@@ -116,6 +116,78 @@ def test_cli_errors_name_the_problem_without_a_traceback(tmp_path: Path) -> None
     assert result.exit_code == 1 and "greater than or equal to 2" in result.output
     result = CliRunner().invoke(app, ["dream", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "data" in result.output
+
+
+def test_sft_fingerprint_hides_credentials_and_counts_the_data_content(tmp_path: Path) -> None:
+    sft = sft_file(tmp_path / "sft.jsonl")
+    config = DreamConfig(
+        model="http://user:pa55@models.example/smol",
+        output_dir=tmp_path / "out",
+        sft_data=sft,
+        rlaif={"data": "p.jsonl"},
+    )
+    before = sft_fingerprint(config.sft_config())
+    assert "pa55" not in json.dumps(before) and before["model"] == "http://models.example/smol"
+    sft.write_text(sft.read_text().replace("20 degrees", "15 degrees"))  # same path, new data
+    after = sft_fingerprint(config.sft_config())
+    assert after["data_sha256"] != before["data_sha256"]
+    assert {k for k in before if before[k] != after[k]} == {"data_sha256"}
+
+
+def _stats(*, in_sample: bool) -> EvalStats:
+    return EvalStats(
+        samples=3,
+        scored=3,
+        judge_failures=0,
+        mean_score=6.0,
+        low_rate=0.0,
+        harmful=2,
+        unsafe_rate=0.0,
+        benign=1,
+        benign_refusal_rate=0.0,
+        seconds=1.0,
+        in_sample=in_sample,
+    )
+
+
+def test_round_tables_say_when_the_evaluation_is_in_sample(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    record = RoundRecord(
+        round=1,
+        checkpoint=tmp_path / "round-1",
+        prompts=3,
+        responses=9,
+        judge_failures=0,
+        pairs=2,
+        skipped_prompts=1,
+        skipped_long=1,
+        scores_reused=True,
+        mean_score=5.0,
+        train=TrainStats(steps=1, loss_first=0.69, loss_last=0.6, seconds=1.0),
+        eval=_stats(in_sample=True),
+        seconds_sampling=1.0,
+        seconds_scoring=1.0,
+        seconds=3.0,
+    )
+    result = RlaifResult(
+        checkpoint=tmp_path / "round-1",
+        output_dir=tmp_path,
+        baseline=_stats(in_sample=False),
+        rounds=[record],
+        reused=[1],
+        reevaluated=[0, 1],
+    )
+    console = Console(record=True, width=120)
+    for table in round_tables(result):
+        console.print(table)
+    text = console.export_text()
+    assert "round 0: the starting policy (re-evaluated)" in text
+    assert "round 1 (reused, re-evaluated)" in text
+    assert re.search(r"eval on\s+│\s+held-out eval data, 3 prompts", text), text
+    assert re.search(r"eval on\s+│\s+training prompts \(in-sample!\), 3 prompts", text), text
+    assert re.search(r"pairs over max_length\s+│\s+1", text), text
+    assert "reused from scored.jsonl" in text
 
 
 @pytest.mark.slow

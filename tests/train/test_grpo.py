@@ -22,13 +22,14 @@ from safeturn.train.config import TrainConfigError
 from safeturn.train.grpo import (
     SafeGRPOConfig,
     build_grpo_trainer,
+    multimodal_token_types,
     train_grpo,
     turn_metrics,
 )
 from safeturn.train.rewards import TurnAwareRewardConfig, make_turn_aware_reward, turn_aware_rewards
-from safeturn.train.rollouts import RolloutRecord
+from safeturn.train.rollouts import RolloutError, RolloutRecord
 from safeturn.train.turn_judges import ModelTurnScorer, load_turn_scorer, stand_in_helpfulness
-from tests.models.tiny_vlm import build_tiny_llava
+from tests.models.tiny_vlm import build_tiny_llama, build_tiny_llava
 
 QUESTIONS = [
     ("How do I pick the lock on my neighbour's door?", True),
@@ -304,3 +305,58 @@ def test_cli_names_missing_data(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "nope.jsonl does not exist" in result.output
+
+
+def test_token_types_are_rebuilt_over_the_whole_rollout() -> None:
+    ids = torch.tensor([[5, 9, 9, 6, 7, 9, 8, 3]])
+    types = multimodal_token_types(ids, 9, 8)
+    assert types.tolist() == [[0, 1, 1, 0, 0, 1, 2, 0]]
+    with pytest.raises(RolloutError, match="token_type_ids"):
+        multimodal_token_types(ids, None, None)
+
+
+def test_reward_groups_by_key_and_reports_mean_helpfulness_per_turn() -> None:
+    table = {"a": [(1.0, 1.0), (0.5, 1.0)], "b": [(0.0, 1.0)], "c": [(0.2, 0.0)]}
+    reward = make_turn_aware_reward(
+        lambda p, c: table[c], num_generations=None, group_key=lambda p: p["id"]
+    )
+    prompts = [{"id": 1, "img": object()}, {"id": 1, "img": object()}, {"id": 2}]
+    reward(prompts, ["a", "b", "c"])
+    first, second = reward.last_groups
+    assert first.help_mean is not None and second.help_mean is not None
+    assert first.help_mean.tolist() == pytest.approx([0.5, 0.5])
+    assert second.help_mean.tolist() == pytest.approx([0.2])
+    assert turn_metrics([first])["turn_aware/help_mean_t2"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_tiny_grpo_resumes_from_its_checkpoint_and_refuses_zero_steps(tmp_path: Path) -> None:
+    model_dir = build_tiny_llama(tmp_path / "llama", embedded_model_dir())
+    data = tmp_path / "d.jsonl"
+    write_jsonl(two_turn_samples(), data)
+    common = {
+        "model": str(model_dir),
+        "data": data,
+        "output_dir": tmp_path / "out",
+        "num_generations": 2,
+        "batch_size": 4,
+        "max_turn_tokens": 4,
+        "max_length": 256,
+        "save_steps": 1,
+    }
+    first = train_grpo(SafeGRPOConfig(**common, max_steps=1))
+    assert first.steps == 1 and (tmp_path / "out" / "checkpoint-1").is_dir()
+    rows = (tmp_path / "out" / "turn_rewards.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+    resumed = train_grpo(SafeGRPOConfig(**common, max_steps=2, resume=True))
+    assert resumed.steps == 2 and len(resumed.rewards) == 2  # step 1's log is restored
+    assert len(resumed.turn_alpha) == 1, "only step 2 rolled out again"
+    rows = (tmp_path / "out" / "turn_rewards.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 1, 2, 2]
+    fresh = train_grpo(SafeGRPOConfig(**{**common, "save_steps": None}, max_steps=1))
+    assert fresh.steps == 1
+    assert len((tmp_path / "out" / "turn_rewards.jsonl").read_text().splitlines()) == 2
+
+    write_jsonl(two_turn_samples()[:1], data)  # 1 dialogue x 2 rollouts < batch of 4
+    with pytest.raises(TrainConfigError, match="0 steps"):
+        train_grpo(SafeGRPOConfig(**{**common, "output_dir": tmp_path / "none"}, max_steps=1))

@@ -69,6 +69,31 @@ def test_parse_reads_json_and_plain_scores(text: str, score: float) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        ("score (1-10): 7", 7.0),
+        ("Score (1 - 10): 2 because it helps", 2.0),
+        ("Score (1–10): 10", 10.0),
+        ("score 1 to 10: 8", 8.0),
+        ("Score from 1 to 10: 6.5", 6.5),
+        ("On a scale of 1-10, score: 4", 4.0),
+        ("score (1-10) = 9; the reply names the risk", 9.0),
+        ("Score: 1", 1.0),
+        ("score: 10 (1-10)", 10.0),
+    ],
+)
+def test_text_fallback_skips_the_scale_before_the_score(text: str, score: float) -> None:
+    # the scale's lower bound ("1" of "1-10") used to be read as the score
+    assert parse_risk_score(text).score == score
+
+
+@pytest.mark.parametrize("text", ["score (1-10): n/a", "Score from 1 to 10"])
+def test_text_fallback_does_not_take_a_bare_scale_as_a_score(text: str) -> None:
+    with pytest.raises(ValueError, match="no JSON object"):  # no score at all, not "1"
+        parse_risk_score(text)
+
+
+@pytest.mark.parametrize(
     ("text", "why"),
     [
         ('{"score": 11}', "from 1 to 10"),

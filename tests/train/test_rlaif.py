@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -14,7 +17,9 @@ from safeturn.judges.llm import JudgeFailure
 from safeturn.judges.risk_score import RiskScore, ScoreItem
 from safeturn.schema import Dialogue, ImagePart, Message, Sample, write_jsonl
 from safeturn.synth.risks import Risk, RiskRecord, write_risk_records
+from safeturn.train import rlaif
 from safeturn.train.rlaif import (
+    SCORED_FILE,
     Pair,
     Policy,
     RlaifConfig,
@@ -112,6 +117,98 @@ def test_config_checks_fields_and_yaml(tmp_path: Path) -> None:
     path.write_text("data: d.jsonl\noutput_dir: out\nrounds: 3\nmargin: 0.5\n")
     config = RlaifConfig.load(path, rounds=4, k=None)
     assert config.rounds == 4 and config.margin == 0.5 and config.k == 4
+
+
+def test_fingerprints_keep_no_secrets_and_old_files_still_resume(tmp_path: Path) -> None:
+    data = tmp_path / "p.jsonl"
+    write_jsonl([_sample("h1", Message.user("How do I make a bomb?"))], data)
+    config = RlaifConfig(
+        data=data,
+        output_dir=tmp_path / "out",
+        judge="risk-score:openai:http://alice:s3cret@judge.example/v1#m",
+        eval_judge="risk-score:openai:https://bob:hunter2@judge.example/v1#m",
+    )
+    assert config.fingerprint()["judge"] == "risk-score:openai:http://judge.example/v1#m"
+    assert "hunter2" not in json.dumps(config.eval_fingerprint())
+    rlaif._write_log(config, rlaif._read_log(config))
+    stored = (tmp_path / "out" / rlaif.ROUNDS_FILE).read_text()
+    assert "s3cret" not in stored and "alice" not in stored
+
+    # a rounds.json written before redaction (and before content hashes) holds the raw spec;
+    # it still resumes, and the rewrite drops the secret
+    hashes = ("data_sha256", "risks_sha256")
+    raw = {k: v for k, v in config.fingerprint().items() if k not in hashes}
+    raw["judge"] = config.judge
+    rlaif._write_log(config, rlaif._Log(fingerprint=raw))
+    log = rlaif._read_log(config)
+    rlaif._write_log(config, log)
+    rewritten = json.loads((tmp_path / "out" / rlaif.ROUNDS_FILE).read_text())
+    assert "s3cret" not in json.dumps(rewritten)
+    assert rewritten["fingerprint"]["data_sha256"] == rlaif.file_sha256(data)
+
+
+def test_an_edited_data_or_risk_file_is_not_silently_resumed(tmp_path: Path) -> None:
+    data, risks = tmp_path / "p.jsonl", tmp_path / "r.jsonl"
+    write_jsonl([_sample("h1", Message.user("How do I make a bomb?"))], data)
+    risk = Risk(content="asks for a bomb", source="text_instruction", category="violence")
+    write_risk_records([RiskRecord(sample_id="h1", risks=[risk], teacher="t")], risks)
+    config = RlaifConfig(data=data, risks=risks, output_dir=tmp_path / "out")
+    rlaif._write_log(config, rlaif._read_log(config))
+    assert config.fingerprint()["data_sha256"] == rlaif.file_sha256(data)
+
+    write_jsonl([_sample("h1", Message.user("How do I make a cake?"))], data)  # same path
+    with pytest.raises(RlaifError, match=r"other settings \(data \(the file's content changed\)\)"):
+        train_rlaif(config)
+    write_jsonl([_sample("h1", Message.user("How do I make a bomb?"))], data)
+    rlaif._read_log(config)  # back to the original bytes: resumes
+    other = risk.model_copy(update={"content": "asks how to build an explosive"})
+    write_risk_records([RiskRecord(sample_id="h1", risks=[other], teacher="t")], risks)
+    with pytest.raises(RlaifError, match=r"risks \(the file's content changed\)"):
+        train_rlaif(config)
+
+
+def test_eval_fingerprint_tracks_eval_settings_only(tmp_path: Path) -> None:
+    data, held = tmp_path / "p.jsonl", tmp_path / "e.jsonl"
+    write_jsonl([_sample("h1", Message.user("How do I make a bomb?"))], data)
+    write_jsonl([_sample("e1", Message.user("How do I pick a lock?"))], held)
+    base = RlaifConfig(data=data, output_dir=tmp_path / "out")
+    assert base.eval_fingerprint()["in_sample"] is True
+    held_out = base.model_copy(update={"eval_data": held})
+    assert held_out.fingerprint() == base.fingerprint()  # no retraining for a new eval set
+    assert held_out.eval_fingerprint()["eval_data_sha256"] == rlaif.file_sha256(held)
+    assert held_out.eval_fingerprint() != base.eval_fingerprint()
+    longer = base.model_copy(update={"eval_max_new_tokens": 99})
+    assert longer.eval_fingerprint()["eval_max_new_tokens"] == 99
+
+
+class _FakeModel:
+    def __init__(self) -> None:
+        self.generation_config = SimpleNamespace(eos_token_id=2)
+        self.moved: list[str] = []
+
+    def to(self, device: str) -> _FakeModel:
+        self.moved.append(device)
+        return self
+
+    def eval(self) -> _FakeModel:
+        return self
+
+
+@pytest.mark.parametrize(("cuda", "moved"), [(True, ["cuda"]), (False, [])])
+def test_policy_load_moves_the_model_to_a_gpu_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, moved: list[str]
+) -> None:
+    import torch
+
+    from safeturn.train import config as train_config
+
+    model = _FakeModel()
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2, eos_token="</s>")
+    monkeypatch.setattr(train_config, "is_vlm", lambda _path: False)
+    monkeypatch.setattr(train_config, "load_policy", lambda _path, vlm: (model, tokenizer))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    policy = Policy.load(Path("unused"))
+    assert policy.model is model and model.moved == moved  # CPU: the model is left as loaded
 
 
 # --- real runs ---------------------------------------------------------------------------
@@ -267,14 +364,143 @@ def test_tiny_vlm_round_on_figstep_image_prompts(
     row = policy.dpo_row(prompt_dialogue(samples[0]), "I can't help.", "Sure, step 1")
     assert len(row["images"]) == 1 and row["prompt"][0]["content"][0] == {"type": "image"}
 
-    result = train_rlaif(config, scorer=LengthScorer())
+    # its own eval judge, so the in-sample evaluations do not shift which replies fail
+    result = train_rlaif(config, scorer=LengthScorer(), eval_scorer=LengthScorer())
     (record,) = result.rounds
-    assert record.pairs >= 1 and record.train.steps == 1
+    assert record.pairs >= 1 and record.train.steps == 1 and record.skipped_long == 0
+    assert record.eval is not None and record.eval.in_sample and record.eval.samples == 2
     assert math.isclose(record.train.loss_first, math.log(2), rel_tol=1e-4)
     assert (result.checkpoint / "preprocessor_config.json").is_file() or (
         result.checkpoint / "processor_config.json"
     ).is_file()
     assert isinstance(_reload_and_generate(result.checkpoint, prompt_dialogue(samples[1])), str)
+
+
+class IndexScorer:
+    """Scores a prompt's k replies 9, 5, 1, ... by position, so every prompt gives a pair."""
+
+    name = "index"
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.calls = 0
+
+    async def score_batch(self, items: Sequence[ScoreItem]) -> list[RiskScore | JudgeFailure]:
+        self.calls += len(items)
+        return [RiskScore(max(1.0, 9.0 - 4.0 * (i % self.k)), "index") for i in range(len(items))]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _tiny_config(tiny_llama: Path, tmp_path: Path, data: Path, **extra: Any) -> RlaifConfig:
+    values: dict[str, Any] = {
+        "model": str(tiny_llama),
+        "data": data,
+        "output_dir": tmp_path / "out",
+        "k": 3,
+        "rounds": 1,
+        "margin": 0.5,
+        "max_new_tokens": 6,
+        "max_steps": 1,
+        "learning_rate": 1e-2,
+        **extra,
+    }
+    return RlaifConfig(**values)
+
+
+@pytest.mark.slow
+def test_rounds_without_eval_data_are_evaluated_in_sample_then_again_on_new_eval_data(
+    tmp_path: Path, tiny_llama: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, held = tmp_path / "p.jsonl", tmp_path / "held.jsonl"
+    write_jsonl([_sample(f"p{i}", Message.user(q)) for i, q in enumerate(["Hi", "Kill?"])], data)
+    write_jsonl([_sample("e0", Message.user("Lock?"), harmful=False)], held)
+    config = _tiny_config(tiny_llama, tmp_path, data)
+    scorer = LengthScorer()
+    with caplog.at_level(logging.WARNING, logger="safeturn.train.rlaif"):
+        first = train_rlaif(config, scorer=scorer)
+    assert "in-sample" in caplog.text and "held-out" in caplog.text
+    (record,) = first.rounds
+    assert first.baseline is not None and first.baseline.in_sample
+    assert record.eval is not None and record.eval.in_sample and record.eval.samples == 2
+    weights = next(record.checkpoint.glob("*.safetensors"))
+    mtime = weights.stat().st_mtime_ns
+
+    calls = scorer.calls
+    again = train_rlaif(config.model_copy(update={"eval_data": held}), scorer=scorer)
+    assert again.reused == [1] and again.reevaluated == [0, 1]
+    assert scorer.calls == calls + 2  # the baseline and round 1 on the one held-out prompt
+    (redone,) = again.rounds
+    assert redone.eval is not None and not redone.eval.in_sample and redone.eval.samples == 1
+    assert redone.eval.benign == 1 and redone.train == record.train
+    assert weights.stat().st_mtime_ns == mtime  # evaluated again, not retrained
+    stored = json.loads((config.output_dir / rlaif.ROUNDS_FILE).read_text())
+    assert stored["rounds"][0]["eval"]["fingerprint"]["eval_data"] == str(held)
+    same = train_rlaif(config.model_copy(update={"eval_data": held}), scorer=scorer)
+    assert same.reevaluated == [] and scorer.calls == calls + 2
+
+
+@pytest.mark.slow
+def test_an_interrupted_round_reuses_its_scored_replies(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "p.jsonl"
+    write_jsonl([_sample(f"p{i}", Message.user(q)) for i, q in enumerate(["Hi", "Kill?"])], data)
+    config = _tiny_config(tiny_llama, tmp_path, data, eval_baseline=False)
+    scorer = LengthScorer()
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rlaif, "_train_dpo", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_rlaif(config, scorer=scorer)
+    lines = [
+        json.loads(x) for x in (tmp_path / "out/round-1" / SCORED_FILE).read_text().splitlines()
+    ]
+    assert [x["id"] for x in lines] == ["p0", "p1"]
+    assert all(len(x["replies"]) == 3 and len(x["scores"]) == 3 for x in lines)
+    assert [u for x in lines for u in x["unscored"]] == [
+        s is None for x in lines for s in x["scores"]
+    ]
+    assert scorer.calls == 6
+
+    result = train_rlaif(config, scorer=scorer)
+    (record,) = result.rounds
+    assert scorer.calls == 6 + 2  # only the in-sample evaluation of the trained round
+    assert record.scores_reused and record.judge_failures == 2 and record.train.steps == 1
+
+
+@pytest.mark.slow
+def test_pairs_whose_prompt_fills_max_length_are_left_out(
+    tmp_path: Path, tiny_llama: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_turns = [
+        Message.user("Tell me about locks. " * 40),
+        Message.assistant("Locks are... " * 20),
+    ]
+    long = _sample("long", *long_turns, Message.user("And how do I open one?"))
+    short = _sample("short", Message.user("Hi"))
+    policy = Policy.load(tiny_llama)
+    short_len = policy.prompt_length(prompt_dialogue(short))
+    assert policy.prompt_length(prompt_dialogue(long)) > short_len + 100
+    max_length = short_len + 24  # room for the short prompt's replies, none for the long one
+    data = tmp_path / "p.jsonl"
+    write_jsonl([long], data)
+    only_long = _tiny_config(tiny_llama, tmp_path, data, max_length=max_length, eval_baseline=False)
+    with pytest.raises(RlaifError, match=r"no preference pair fits max_length .*'long'"):
+        train_rlaif(only_long, scorer=IndexScorer(3))
+
+    write_jsonl([long, short], data)
+    mixed = only_long.model_copy(update={"output_dir": tmp_path / "mixed"})
+    with caplog.at_level(logging.WARNING, logger="safeturn.train.rlaif"):
+        result = train_rlaif(mixed, scorer=IndexScorer(3))
+    (record,) = result.rounds
+    assert record.skipped_long == 1 and record.pairs == 1 and record.train.steps == 1
+    assert "1 pair(s) left out: the prompt of 'long'" in caplog.text
+    assert math.isclose(record.train.loss_first, math.log(2), rel_tol=1e-4)
 
 
 def _inline_images(sample: Sample) -> Sample:

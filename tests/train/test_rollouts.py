@@ -218,3 +218,54 @@ def test_vlm_rollout_keeps_images_untrained_and_in_order(tmp_path: Path, png_fil
     assert all(mask[i] == 0 for i in image_positions)
     structured = prompt_messages(sample, structured=True)
     assert structured[2]["content"][0]["type"] == "image"
+
+
+class FakeVLLM:
+    """TRL's vLLM generator as the rollout uses it: records each (collective) call."""
+
+    def __init__(self, end_id: int) -> None:
+        self.end_id = end_id
+        self.calls: list[int] = []
+
+    def generate(
+        self, prompts: list[list[int]], images: Any, num_generations: int
+    ) -> tuple[Any, list[list[int]], Any, Any]:
+        self.calls.append(len(prompts))
+        return prompts, [[42, 43, self.end_id] for _ in prompts], None, None
+
+
+def test_vllm_turns_are_collective_calls_made_as_often_on_every_process(tokenizer: Any) -> None:
+    sample = three_turns()
+    rollout = MultiTurnRollout({sample.id: sample}, tokenizer, RolloutSettings(max_turn_tokens=4))
+    vllm = FakeVLLM(tokenizer.eos_token_id)
+    other_process_turns = 5  # another rank still has turns after ours are done
+    turn = iter(range(100))
+
+    def global_count(local: int) -> int:
+        return local + (1 if next(turn) < other_process_turns else 0)
+
+    (record,) = rollout.roll(None, [sample], vllm=vllm, global_count=global_count)
+    assert len(record.replies) == 3 and not any(record.hit_limit)
+    assert record.replies[0] == tokenizer.decode([42, 43]).strip()
+    assert vllm.calls == [1, 1, 1, 0, 0], "empty batches keep this rank in step with the others"
+
+
+def test_loss_spans_end_at_the_models_own_end_token(tokenizer: Any, tiny_llama: Any) -> None:
+    sample = three_turns()
+    rollout = MultiTurnRollout({sample.id: sample}, tokenizer)
+    end = tokenizer.eos_token_id
+    original = tiny_llama.generation_config.eos_token_id
+    newline = tokenizer.convert_tokens_to_ids("Ċ")
+    tiny_llama.generation_config.eos_token_id = [end, newline]
+    try:
+        rollout._eos_ids(tiny_llama)
+    finally:
+        tiny_llama.generation_config.eos_token_id = original
+    assert set(rollout.end_tokens or []) == {"<|im_end|>", "Ċ"}
+    record = RolloutRecord(sample, [], ["one", "two", "three"], [False, True, False], 3)
+    _, completion, mask = rollout.tokens(record)
+    # With "\n" also ending a turn, the cut second reply's "\n" after <|im_end|> is what
+    # closes its span, and that token carries no loss.
+    positions = [i for i, t in enumerate(completion) if t == end]
+    assert mask[positions[0]] == 1 and mask[positions[0] + 1] == 1
+    assert mask[positions[2] + 1] == 0

@@ -194,7 +194,9 @@ def mrd_command(
     Samples whose teacher answer never parses are left out of OUT and listed, with the raw
     answer, in the summary; a resumed run repeats no finished call.
     """
-    from safeturn.synth.mrd import summarize
+    from pydantic import ValidationError
+
+    from safeturn.synth.mrd import run_failure, summarize
     from safeturn.synth.risks import write_risk_records
 
     if resume is None and not data:
@@ -214,16 +216,18 @@ def mrd_command(
             config = {**settings.model_dump(mode="json"), "limit": limit, "text_only": text_only}
             run_id = store.create_run(config, kind="mrd")
         else:
-            config = store.get_run(resume).config
-            settings = MRDSettings.model_validate(
-                {k: v for k, v in config.items() if k not in ("limit", "text_only")}
-            )
-            limit, text_only, run_id = config.get("limit"), bool(config.get("text_only")), resume
+            settings, limit, text_only = _mrd_resume_settings(store, resume)
+            run_id = resume
         samples = _load_samples(settings.data, limit, text_only)
         records, failures = asyncio.run(_disentangle(store, run_id, settings, samples))
-        store.finish_run(run_id, "done")
+        problem = run_failure(MRDResult(records, failures), len(samples))
+        store.finish_run(run_id, "failed" if problem else "done")
     except SafeturnError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+    except ValidationError as exc:  # a stored config this version cannot read
+        where = f"run {resume}" if resume else "the MRD settings"
+        console.print(f"[red]error:[/red] {where}: invalid MRD config: {exc}", soft_wrap=True)
         raise typer.Exit(code=1) from exc
     finally:
         store.close()
@@ -243,6 +247,36 @@ def mrd_command(
             soft_wrap=True,
         )
     console.print(f"summary: {summary_path}")
+    if problem:
+        console.print(
+            f"[red]error:[/red] MRD run {run_id} failed: {problem}; fix the cause and continue "
+            f"with --resume {run_id}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+
+
+def _mrd_resume_settings(store: RunStore, run_id: str) -> tuple[MRDSettings, int | None, bool]:
+    """The stored settings of an MRD run, refusing a run of another kind.
+
+    A `synth dialogues` run's config would fail validation in a confusing way, or worse, pass
+    it with defaults, so the kind is checked first.
+
+    Raises:
+        SafeturnError: The run is not an MRD run.
+        pydantic.ValidationError: The stored config is not a valid MRD config.
+    """
+    row = store.get_run(run_id)
+    if row.kind != "mrd":
+        raise SafeturnError(
+            f"run {run_id} is a {row.kind!r} run, not an MRD run; --resume takes the id of an "
+            "earlier `safeturn synth mrd` run"
+        )
+    config = row.config
+    settings = MRDSettings.model_validate(
+        {k: v for k, v in config.items() if k not in ("limit", "text_only")}
+    )
+    return settings, config.get("limit"), bool(config.get("text_only"))
 
 
 async def _disentangle(

@@ -161,6 +161,9 @@ def _num(value: float | None, spec: str = ".2f") -> str:
 def _eval_rows(table: Table, stats: EvalStats | None) -> None:
     if stats is None:
         return
+    # in-sample numbers flatter the policy, which was trained on those very prompts
+    where = "training prompts (in-sample!)" if stats.in_sample else "held-out eval data"
+    table.add_row("eval on", f"{where}, {stats.samples} prompts")
     table.add_row("eval mean score (1-10)", f"{_num(stats.mean_score)} on {stats.scored} replies")
     table.add_row(
         "eval unsafe (harmful, low)", f"{_num(stats.unsafe_rate, '.0%')} of {stats.harmful}"
@@ -180,15 +183,23 @@ def round_tables(result: RlaifResult) -> list[Table]:
         table.add_column("")
         table.add_column("value", justify="right")
         _eval_rows(table, result.baseline)
+        if 0 in result.reevaluated:
+            table.title = "round 0: the starting policy (re-evaluated)"
         tables.append(table)
     for record in result.rounds:
         train = record.train
         reused = " (reused)" if record.round in result.reused else ""
+        if record.round in result.reevaluated:
+            reused = " (reused, re-evaluated)"
         table = Table(title=f"round {record.round}{reused}")
         table.add_column("")
         table.add_column("value", justify="right")
         table.add_row("preference pairs", str(record.pairs))
         table.add_row("skipped prompts", f"{record.skipped_prompts} of {record.prompts}")
+        if record.skipped_long:
+            table.add_row("pairs over max_length", str(record.skipped_long))
+        if record.scores_reused:
+            table.add_row("replies and scores", "reused from scored.jsonl")
         table.add_row("unscored replies", f"{record.judge_failures} of {record.responses}")
         table.add_row("sampled mean score", _num(record.mean_score))
         table.add_row("DPO loss (first → last)", f"{train.loss_first:.4f} → {train.loss_last:.4f}")

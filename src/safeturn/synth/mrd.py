@@ -134,6 +134,37 @@ class MRDResult(NamedTuple):
     failures: list[MRDFailure]
 
 
+def run_failure(result: MRDResult, samples: int) -> str | None:
+    """Why a finished run as a whole failed, or None when it did its job.
+
+    Unparseable answers are the teacher's business and leave the run usable, but an `error`
+    failure (a bad API key, an unreachable server, a broken image) means the run did not do
+    what was asked, and a run with no record at all has produced nothing to train on; both
+    must reach the caller as a failure (a non-zero exit) instead of a quiet empty file.
+
+    Args:
+        result: The run's records and failures.
+        samples: How many samples the run was given.
+
+    Returns:
+        A message naming the count and the first failing sample, or None.
+    """
+    errors = [f for f in result.failures if f.stage == "error"]
+    if errors:
+        first = errors[0]
+        return (
+            f"{len(errors)} of {samples} sample(s) failed with an error "
+            f"(first: {first.sample_id}: {first.reason})"
+        )
+    if not result.records:
+        why = ""
+        if result.failures:
+            first = result.failures[0]
+            why = f" (first failure: {first.sample_id} ({first.stage}): {first.reason})"
+        return f"no risk record was produced from {samples} sample(s){why}"
+    return None
+
+
 class UnreadableAnswer(SafeturnError):
     """A model's answer stayed unusable after every correction turn."""
 

@@ -21,11 +21,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from safeturn.judges.risk_score import RiskScorer
+from safeturn.redact import scrub_secrets
 from safeturn.train.rlaif import (
     RlaifConfig,
     RlaifError,
     RlaifResult,
     RlaifSettings,
+    file_sha256,
     read_config,
     train_rlaif,
     validated,
@@ -141,6 +143,17 @@ class _SftRecord(BaseModel):
     result: SFTResult
 
 
+def sft_fingerprint(config: SafeSFTConfig) -> dict[str, Any]:
+    """The SFT stage's settings as stored in `dream.json` and compared on a rerun.
+
+    Secrets are scrubbed (the file is kept beside the checkpoints and may be shared), and the
+    SFT data counts by content, so a file edited in place is not silently reused.
+    """
+    settings = scrub_secrets(config.model_dump(mode="json"))
+    settings["data_sha256"] = file_sha256(config.data)
+    return settings
+
+
 def _read_record(path: Path) -> _SftRecord | None:
     if not path.is_file():
         return None
@@ -177,13 +190,18 @@ def train_dream(
     start = config.model
     if config.sft_data is not None:
         sft_config = config.sft_config()
-        settings = sft_config.model_dump(mode="json")
+        settings = sft_fingerprint(sft_config)
         stored = _read_record(record)
         if stored is not None and (sft_config.output_dir / "config.json").is_file():
-            if stored.settings != settings:
+            before = scrub_secrets(stored.settings)  # a file from before redaction compares
+            if before != settings:
+                changed = sorted(
+                    k for k in {*before, *settings} if before.get(k) != settings.get(k)
+                )
                 raise RlaifError(
-                    f"{config.output_dir} holds a DREAM run whose SFT stage had other settings; "
-                    "use another output_dir, or the same settings to resume"
+                    f"{config.output_dir} holds a DREAM run whose SFT stage had other settings "
+                    f"({', '.join(changed)}); use another output_dir, or the same settings to "
+                    "resume"
                 )
             sft, reused = stored.result, True
         else:

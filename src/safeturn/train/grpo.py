@@ -51,6 +51,7 @@ from safeturn.train.rollouts import (
     RolloutSettings,
     answer_points,
     prompt_messages,
+    sample_id_of,
 )
 from safeturn.train.turn_judges import TurnScorer, load_turn_scorer
 
@@ -91,8 +92,8 @@ class SafeGRPOConfig(TrainConfig):
     num_generations: int = Field(default=8, ge=2)
     """Rollouts per dialogue (N); the group of the turn-aware reward."""
     batch_size: int = Field(default=8, ge=1)
-    """Rollouts per device per optimizer step; a multiple of `num_generations` keeps groups
-    whole on each process (the reward needs the whole group in one call)."""
+    """Rollouts per device per micro-step (× `grad_accum` per optimizer step); a multiple of
+    `num_generations` keeps groups whole on each process (the reward needs whole groups)."""
     grad_accum: int = Field(default=1, ge=1)
     max_steps: int = -1
     epochs: float = Field(default=1.0, gt=0)
@@ -103,7 +104,8 @@ class SafeGRPOConfig(TrainConfig):
     """TRL's loss (`grpo`, `dapo`, `dr_grpo`, ...); None keeps TRL's default."""
     max_turn_tokens: int = Field(default=128, ge=1)
     max_length: int = Field(default=2048, ge=16)
-    temperature: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=1.0, gt=0)
+    """Greedy rollouts would be identical within a group: zero advantage, nothing learned."""
     top_p: float = Field(default=1.0, gt=0, le=1)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     lora: LoraSettings | None = None
@@ -116,6 +118,10 @@ class SafeGRPOConfig(TrainConfig):
     logging_steps: int = Field(default=1, ge=1)
     save: bool = True
     """Save the final model (or adapter) and processor into `output_dir`."""
+    save_steps: int | None = Field(default=None, ge=1)
+    """Also save a resumable trainer checkpoint every N steps (`output_dir/checkpoint-N`)."""
+    resume: bool = False
+    """Continue from the newest `checkpoint-N` in `output_dir` (needs `save_steps`)."""
     merge_lora: bool = False
     """With `lora`, save full merged weights instead of the adapter (loads without peft)."""
 
@@ -150,7 +156,7 @@ class SafeGRPOConfig(TrainConfig):
             gradient_accumulation_steps=self.grad_accum,
             num_generations=self.num_generations,
             max_completion_length=self.max_turn_tokens,
-            temperature=max(self.temperature, 1e-6),
+            temperature=self.temperature,
             top_p=self.top_p,
             beta=self.kl_beta,
             use_vllm=self.use_vllm,
@@ -161,11 +167,15 @@ class SafeGRPOConfig(TrainConfig):
             activation_checkpointing=self.gradient_checkpointing,
             logging_steps=self.logging_steps,
             logging_first_step=True,
-            save_strategy="no",
+            save_strategy="steps" if self.save_steps else "no",
+            save_steps=self.save_steps or 500,
             report_to="none",
             remove_unused_columns=False,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
+            # Rollouts return no sampling logprobs (turns are re-tokenized in the chat layout),
+            # so TRL's vLLM importance-sampling correction has nothing to compare against.
+            vllm_importance_sampling_correction=False,
             **extra,
         )
 
@@ -189,10 +199,10 @@ class GRPOResult(BaseModel):
     steps: int
     seconds: float
     rewards: list[float]
-    """TRL's mean reward per logged step."""
+    """TRL's mean reward per logged step (a resumed run includes the restored steps)."""
     losses: list[float]
     turn_alpha: list[list[float]]
-    """Per logged step, the mean α_t for t = 1..T (over the groups of that step)."""
+    """Per step logged by this process, the mean α_t for t = 1..T over that step's groups."""
     unscored: int
     """Rollouts the judge could not score (zero advantage)."""
     turn_log: Path
@@ -204,7 +214,7 @@ class GRPOResult(BaseModel):
 
 
 def turn_metrics(groups: Sequence[GroupReward]) -> dict[str, float]:
-    """Mean α_t, μ_t and U_t over the groups that reached turn t, as flat log keys."""
+    """Mean α_t, μ_t (harmlessness), helpfulness and U_t over the groups that reached turn t."""
     out: dict[str, float] = {}
     longest = max((len(g.alpha) for g in groups), default=0)
     for t in range(longest):
@@ -213,6 +223,9 @@ def turn_metrics(groups: Sequence[GroupReward]) -> dict[str, float]:
         means = [float(g.mean[t]) for g in reached if math.isfinite(float(g.mean[t]))]
         if means:
             out[f"turn_aware/safe_mean_t{t + 1}"] = sum(means) / len(means)
+        helps = [float(g.help_mean[t]) for g in reached if g.help_mean is not None]
+        if helps:
+            out[f"turn_aware/help_mean_t{t + 1}"] = sum(helps) / len(helps)
         urgencies = [float(g.urgency[t]) for g in reached if math.isfinite(float(g.urgency[t]))]
         if urgencies:
             out[f"turn_aware/urgency_t{t + 1}"] = sum(urgencies) / len(urgencies)
@@ -230,7 +243,29 @@ def _group_row(step: int, group: GroupReward) -> dict[str, Any]:
         "var": floats(group.var),
         "urgency": floats(group.urgency),
         "alpha": floats(group.alpha),
+        "help_mean": None if group.help_mean is None else floats(group.help_mean),
     }
+
+
+def multimodal_token_types(
+    input_ids: Any, image_id: int | None, video_id: int | None, *, key: str = "token_type_ids"
+) -> Any:
+    """Token types over a whole sequence: 1 on image-pad tokens, 2 on video-pad tokens.
+
+    Raises:
+        RolloutError: The model uses token types but has no known image-pad token, so they
+            cannot be rebuilt for images that sit in later turns.
+    """
+    if image_id is None:
+        raise RolloutError(
+            f"this VLM's processor returns {key} but has no <|image_pad|> or <|image|> token, "
+            "so safeturn cannot mark images in later turns of a rollout; use a model whose "
+            "images are placed by an image token (LLaVA, Qwen2-VL/2.5-VL)"
+        )
+    types = (input_ids == image_id).long()
+    if video_id is not None:
+        types = types + 2 * (input_ids == video_id).long()
+    return types
 
 
 def _trainer_class() -> type[Any]:
@@ -238,13 +273,26 @@ def _trainer_class() -> type[Any]:
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     class TurnAwareGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer that logs the turn-aware reward's per-turn components."""
+        """GRPOTrainer that logs the turn-aware reward's per-turn components.
+
+        It also rebuilds a VLM's token-type ids over the whole rolled-out sequence: TRL builds
+        them from the dataset prompt and pads the completion with zeros, which is wrong when
+        later turns (in the completion) hold images, as multi-turn rollouts do.
+        """
 
         def __init__(self, *args: Any, turn_reward: TurnAwareReward, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.turn_reward = turn_reward
             self.turn_log = Path(str(self.args.output_dir)) / TURN_LOG
             self.turn_alpha_history: list[list[float]] = []
+
+        def write_turn_groups(self, groups: Sequence[GroupReward]) -> None:
+            """Append the groups to `turn_rewards.jsonl` under the current step."""
+            self.turn_log.parent.mkdir(parents=True, exist_ok=True)
+            with self.turn_log.open("a", encoding="utf-8") as handle:
+                for group in groups:
+                    row = _group_row(int(self.state.global_step), group)
+                    handle.write(json.dumps(row) + "\n")
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             groups = self.turn_reward.drain() if "loss" in logs else []
@@ -254,12 +302,18 @@ def _trainer_class() -> type[Any]:
                 logs["turn_aware/unscored"] = float(self.turn_reward.unscored)
                 alphas = [v for k, v in metrics.items() if k.startswith("turn_aware/alpha_t")]
                 self.turn_alpha_history.append(alphas)
-                self.turn_log.parent.mkdir(parents=True, exist_ok=True)
-                with self.turn_log.open("a", encoding="utf-8") as handle:
-                    for group in groups:
-                        row = _group_row(int(self.state.global_step), group)
-                        handle.write(json.dumps(row) + "\n")
+                self.write_turn_groups(groups)
             super().log(logs, start_time)
+
+        def _get_per_token_logps_and_entropies(
+            self, model: Any, input_ids: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            for key in ("token_type_ids", "mm_token_type_ids"):
+                if kwargs.get(key) is not None:
+                    kwargs[key] = multimodal_token_types(
+                        input_ids, self._image_pad_token_id, self._video_pad_token_id, key=key
+                    )
+            return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
 
     return TurnAwareGRPOTrainer
 
@@ -342,7 +396,10 @@ def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = No
         return scorer(rollout.records[rollout_key])
 
     reward = make_turn_aware_reward(
-        score, config.reward.to_config(), num_generations=config.num_generations
+        score,
+        config.reward.to_config(),
+        num_generations=config.num_generations,
+        group_key=sample_id_of,
     )
     trainer_cls = _trainer_class()
     trainer = trainer_cls(
@@ -360,6 +417,16 @@ def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = No
     return trainer
 
 
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    """The `checkpoint-N` folder with the highest N, if any."""
+    found = [
+        (int(p.name.split("-")[1]), p)
+        for p in output_dir.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    ]
+    return max(found)[1] if found else None
+
+
 def train_grpo(config: SafeGRPOConfig, *, trainer: Any = None) -> GRPOResult:
     """Run turn-aware GRPO and save the model (or adapter) with its processor.
 
@@ -375,12 +442,24 @@ def train_grpo(config: SafeGRPOConfig, *, trainer: Any = None) -> GRPOResult:
     """
     if trainer is None:
         trainer = build_grpo_trainer(config)
+    checkpoint = _latest_checkpoint(config.output_dir) if config.resume else None
+    if config.resume and checkpoint is None:
+        logger.warning("resume: no checkpoint-N in %s; starting from step 0", config.output_dir)
+    if checkpoint is None:
+        trainer.turn_log.unlink(missing_ok=True)  # a fresh run's per-group log starts empty
     started = time.perf_counter()
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.write_turn_groups(trainer.turn_reward.drain())  # groups after the last log
     finally:
         trainer.safeturn_scorer.close()
     seconds = time.perf_counter() - started
+    if trainer.state.global_step == 0:
+        raise TrainConfigError(
+            f"GRPO ran 0 steps: {len(trainer.safeturn_rollout.samples)} dialogues give no full "
+            f"batch of batch_size={config.batch_size} x grad_accum={config.grad_accum} rollouts "
+            f"({config.num_generations} per dialogue); add dialogues or lower batch_size"
+        )
     history = trainer.state.log_history
     rewards = [float(e["reward"]) for e in history if "reward" in e]
     losses = [float(e["loss"]) for e in history if "loss" in e]

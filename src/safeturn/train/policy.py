@@ -45,8 +45,30 @@ class Policy:
 
         vlm = is_vlm(path)
         model, processing = load_policy(path, vlm=vlm)
+        device = policy_device()
+        if device != "cpu":  # on a CPU-only machine the model stays exactly as loaded
+            model.to(device)
         model.eval()
         return cls(model, processing, vlm=vlm)
+
+    def prompt_length(self, prompt: Dialogue) -> int:
+        """Tokens of `prompt` as the model sees it: chat template, generation prompt, images.
+
+        RLAIF compares this with DPO's `max_length`: TRL truncates prompt + reply from the
+        end, so a prompt that fills `max_length` leaves its pair no reply tokens to learn from.
+        """
+        messages, images = self.messages(prompt)
+        text = self._template(messages)
+        if self.vlm:
+            encoded = self.processing(text=[text], images=images or None, add_special_tokens=False)
+        else:
+            encoded = self.tokenizer([text], add_special_tokens=False)
+        return len(encoded["input_ids"][0])
+
+    def _template(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template applied to `messages`, ending with the assistant's turn opening."""
+        owner = self.processing if self.vlm else self.tokenizer
+        return str(owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
     def messages(self, dialogue: Dialogue) -> tuple[list[dict[str, Any]], list[Any]]:
         """Chat-template messages and the images they reference (OCR text for text models)."""
@@ -104,14 +126,7 @@ class Policy:
         from safeturn.models.hf_local import _transformers
 
         rendered = [self.messages(p) for p in prompts]
-        texts = [
-            str(
-                (self.processing if self.vlm else self.tokenizer).apply_chat_template(
-                    m, add_generation_prompt=True, tokenize=False
-                )
-            )
-            for m, _ in rendered
-        ]
+        texts = [self._template(m) for m, _ in rendered]
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
             if temperature > 0
@@ -143,6 +158,7 @@ class Policy:
                     return_tensors="pt",
                     add_special_tokens=False,
                 )
+            inputs = inputs.to(self.model.device)  # the model may sit on a GPU
             with torch.inference_mode():
                 generated = self.model.generate(**inputs, generation_config=generation)
             width = inputs["input_ids"].shape[1]
@@ -156,3 +172,14 @@ class Policy:
                 tokens = tokens[:index]
                 break
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+
+
+def policy_device() -> str:
+    """`cuda` when a GPU is available, else `cpu`.
+
+    Sampling k replies per prompt is the slowest part of a round on a CPU, and TRL moves the
+    model to the GPU for DPO anyway.
+    """
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

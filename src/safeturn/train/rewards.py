@@ -88,6 +88,8 @@ class GroupReward(NamedTuple):
     """U_t = Var_t + λ·max(0, τ − μ_t), shape (T,); −inf for a turn no rollout reached."""
     alpha: FloatArray
     """α_t = softmax_t(U_t), shape (T,), sums to 1."""
+    help_mean: FloatArray | None = None
+    """Mean helpfulness of the rollouts that reached turn t, shape (T,) (0 where none did)."""
 
 
 def _check_scores(
@@ -175,7 +177,9 @@ def turn_aware_rewards(
     # A rollout whose turns all have α underflowing to 0 falls back to equal weights.
     weights = np.where(totals[:, None] > 0, weights, present.astype(np.float64))
     rewards = (weights * per_turn).sum(axis=1) / weights.sum(axis=1)
-    return GroupReward(rewards, mean, var, urgency, alpha)
+    help_in = np.where(present, helpful, 0.0)
+    help_mean = np.divide(help_in.sum(axis=0), counts, out=np.zeros(counts.shape), where=reached)
+    return GroupReward(rewards, mean, var, urgency, alpha, help_mean)
 
 
 def per_completion_rewards(
@@ -239,11 +243,13 @@ class TurnAwareReward:
         num_generations: int | None,
         group_fn: GroupFn | None,
         name: str,
+        group_key: Callable[[Any], Any] | None = None,
     ) -> None:
         """Store the parts; see `make_turn_aware_reward`."""
         if num_generations is not None and num_generations < 1:
             raise ValueError(f"num_generations must be >= 1; got {num_generations}")
         self.score_fn = score_fn
+        self.group_key = group_key
         self.config = config
         self.num_generations = num_generations
         self.group_fn = group_fn
@@ -262,10 +268,11 @@ class TurnAwareReward:
 
     def _groups(self, prompts: Sequence[Any]) -> list[range]:
         """Runs of equal consecutive prompts, cut into num_generations-sized groups if given."""
+        keys = [self.group_key(p) for p in prompts] if self.group_key else list(prompts)
         runs: list[range] = []
         start = 0
-        for k in range(1, len(prompts) + 1):
-            if k == len(prompts) or prompts[k] != prompts[start]:
+        for k in range(1, len(keys) + 1):
+            if k == len(keys) or keys[k] != keys[start]:
                 runs.append(range(start, k))
                 start = k
         if self.num_generations is None:
@@ -339,6 +346,7 @@ def make_turn_aware_reward(
     config: TurnAwareRewardConfig | None = None,
     *,
     num_generations: int | None = None,
+    group_key: Callable[[Any], Any] | None = None,
 ) -> TurnAwareReward:
     """A TRL `GRPOTrainer` reward function computing `turn_aware_rewards` per prompt group.
 
@@ -357,6 +365,8 @@ def make_turn_aware_reward(
             ended early (masked as described in the module docstring). Must be synchronous.
         config: λ, τ, β.
         num_generations: TRL's `num_generations`, when known.
+        group_key: Maps a prompt to what identifies its group (default: the prompt itself);
+            cheaper than comparing whole prompts that hold images.
 
     Returns:
         The reward function; its `last_groups` holds each group's μ, Var, U, α from the last call.
@@ -369,7 +379,12 @@ def make_turn_aware_reward(
         [0.438, 0.562]
     """
     return TurnAwareReward(
-        score_fn, config or TurnAwareRewardConfig(), num_generations, None, "turn_aware_reward"
+        score_fn,
+        config or TurnAwareRewardConfig(),
+        num_generations,
+        None,
+        "turn_aware_reward",
+        group_key,
     )
 
 

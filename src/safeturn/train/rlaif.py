@@ -9,7 +9,14 @@ The next round samples from the new policy, so the preferences follow the model 
 Everything a round produced is kept: `output_dir/round-{r}` is a full checkpoint (a LoRA
 adapter is merged before saving, so every round loads the same way) and `output_dir/rounds.json`
 holds its numbers. A rerun with the same settings reuses finished rounds and continues from the
-last one, so an interrupted run or a run extended with more rounds never retrains.
+last one, so an interrupted run or a run extended with more rounds never retrains. The settings
+are compared through a fingerprint (secrets scrubbed, data and risk files hashed); the eval
+settings have their own, so a new eval set re-evaluates stored rounds without retraining. A
+round's scored replies are kept in `round-{r}/scored.jsonl` before DPO, so a round interrupted
+in training repeats no judge call.
+
+Every round is evaluated: on `eval_data` when given, else on the training prompts themselves,
+which is flagged as in-sample (`EvalStats.in_sample`) because it flatters the policy.
 
 Images: a VLM sees them through its processor, in sampling and in TRL's vision collator. A
 text-only model reads them through the OCR bridge, as it does in evaluation, and the DPO
@@ -19,6 +26,7 @@ prompt holds that text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +48,7 @@ from safeturn.judges.risk_score import (
     ScoreItem,
     parse_risk_scorer_spec,
 )
+from safeturn.redact import scrub_secrets
 from safeturn.schema import Dialogue, Sample, read_jsonl
 from safeturn.synth.risks import Risk, risks_by_sample
 from safeturn.train.config import EMBEDDED, LoraSettings, resolve_model_dir, save_trained
@@ -52,6 +61,10 @@ M = TypeVar("M", bound=BaseModel)
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_VERSION = 1
+SCORED_FILE = "scored.jsonl"
+"""A round's sampled replies and their scores, kept so a resumed round repeats no judge call."""
+MIN_COMPLETION_TOKENS = 8
+"""Reply tokens a DPO row must keep under `max_length`; fewer teach (almost) nothing."""
 Pairing = Literal["best-worst", "all"]
 
 
@@ -136,10 +149,45 @@ class RlaifConfig(RlaifSettings):
         return config
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that shape a round's training; a rerun must match them to resume."""
+        """The settings that shape a round's training; a rerun must match them to resume.
+
+        Secrets (URL credentials, API-key fields) are scrubbed, since the fingerprint is stored
+        in `rounds.json`. The data and risk files count by content as well as by path, so a
+        file edited in place is not silently resumed.
+        """
         skip = {"rounds", "eval_data", "eval_judge", "eval_max_new_tokens", "eval_baseline"}
         skip |= {"output_dir", "gen_batch_size"}
-        return self.model_dump(mode="json", exclude=skip)
+        values = scrub_secrets(self.model_dump(mode="json", exclude=skip))
+        values["data_sha256"] = file_sha256(self.data)
+        values["risks_sha256"] = file_sha256(self.risks)
+        return values
+
+    def eval_fingerprint(self) -> dict[str, Any]:
+        """The settings that shape an evaluation, stored with each `EvalStats`.
+
+        They are not part of `fingerprint` (a new eval set must not force retraining), so a
+        rerun compares them per round and evaluates again, without training, where they differ.
+        """
+        return scrub_secrets(
+            {
+                "eval_data": None if self.eval_data is None else str(self.eval_data),
+                "eval_data_sha256": file_sha256(self.eval_data),
+                "eval_judge": self.eval_judge or self.judge,
+                "eval_max_new_tokens": self.eval_max_new_tokens or self.max_new_tokens,
+                "in_sample": self.eval_data is None,
+            }
+        )
+
+
+def file_sha256(path: Path | None) -> str | None:
+    """The sha256 of a file's bytes, or None for no file (or a missing one)."""
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_config(path: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +337,12 @@ class EvalStats(BaseModel):
     benign_refusal_rate: float | None
     """Fraction of replies to benign samples that `detect_refusal` calls a refusal."""
     seconds: float
+    in_sample: bool = False
+    """Scored on the training prompts (no `eval_data`): optimistic, as the policy was trained on
+    them; held-out data gives the fair estimate."""
+    fingerprint: dict[str, Any] | None = None
+    """`RlaifConfig.eval_fingerprint()` when evaluated; a rerun with other eval settings
+    evaluates again (None, from an older version, always does)."""
 
 
 class RoundRecord(BaseModel):
@@ -302,6 +356,11 @@ class RoundRecord(BaseModel):
     pairs: int
     skipped_prompts: int
     """Prompts that gave no pair at the margin (all replies tied, too close, or unscored)."""
+    skipped_long: int = 0
+    """Pairs left out because their prompt leaves fewer than `MIN_COMPLETION_TOKENS` of
+    `max_length` for the reply (TRL would truncate the reply away: loss ln 2, no gradient)."""
+    scores_reused: bool = False
+    """The replies and scores came from `scored.jsonl` of an interrupted run (no new calls)."""
     mean_score: float | None
     """Mean judge score of the round's sampled replies: the policy's on-policy quality."""
     train: TrainStats
@@ -320,6 +379,8 @@ class RlaifResult(BaseModel):
     rounds: list[RoundRecord]
     reused: list[int] = Field(default_factory=list)
     """Rounds taken from an earlier run's `rounds.json` instead of being trained again."""
+    reevaluated: list[int] = Field(default_factory=list)
+    """Reused rounds evaluated again because the eval settings changed (0: the baseline)."""
 
 
 class _Log(BaseModel):
@@ -340,16 +401,26 @@ def _read_log(config: RlaifConfig) -> _Log:
         raise RlaifError(f"{path} is unreadable ({exc}); delete it to start over") from exc
     if log.version > ROUNDS_VERSION:
         raise RlaifError(f"{path} has version {log.version}, newer than {ROUNDS_VERSION}")
-    if log.fingerprint != fresh.fingerprint:
+    stored = scrub_secrets(log.fingerprint)  # a file from before redaction still compares
+    unknown = [key for key in _HASH_KEYS if key not in stored]
+    if unknown:  # written before content hashes were kept: nothing to compare them with
+        logger.warning(
+            "%s predates content hashes; cannot tell whether the data or risk file changed",
+            path,
+        )
+        stored.update({key: fresh.fingerprint[key] for key in unknown})
+    if stored != fresh.fingerprint:
         changed = sorted(
             key
-            for key in {*log.fingerprint, *fresh.fingerprint}
-            if log.fingerprint.get(key) != fresh.fingerprint.get(key)
+            for key in {*stored, *fresh.fingerprint}
+            if stored.get(key) != fresh.fingerprint.get(key)
         )
         raise RlaifError(
-            f"{config.output_dir} holds a run with other settings ({', '.join(changed)}); "
+            f"{config.output_dir} holds a run with other settings "
+            f"({', '.join(_describe_change(key) for key in changed)}); "
             "use another output_dir, or the same settings to resume"
         )
+    log = log.model_copy(update={"fingerprint": fresh.fingerprint})
     kept: list[RoundRecord] = []
     for record in log.rounds:  # keep the consecutive finished rounds whose checkpoints exist
         # the layout is fixed, so a moved output folder still resumes
@@ -358,6 +429,16 @@ def _read_log(config: RlaifConfig) -> _Log:
             break
         kept.append(record.model_copy(update={"checkpoint": checkpoint}))
     return log.model_copy(update={"rounds": kept})
+
+
+_HASH_KEYS = ("data_sha256", "risks_sha256")
+
+
+def _describe_change(key: str) -> str:
+    """A fingerprint key as the error shows it: a content hash names its file."""
+    if key.endswith("_sha256"):
+        return f"{key.removesuffix('_sha256')} (the file's content changed)"
+    return key
 
 
 def _write_log(config: RlaifConfig, log: _Log) -> None:
@@ -392,9 +473,20 @@ def train_rlaif(
     """
     say = progress or (lambda _msg: None)
     items = load_prompts(config.data, config.risks, require_risks=config.require_risks)
-    evals = load_prompts(config.eval_data, config.risks) if config.eval_data else []
+    if config.eval_data is not None:
+        evals = load_prompts(config.eval_data, config.risks)
+    else:
+        logger.warning(
+            "no eval_data: every round is evaluated on its %d training prompts, which is "
+            "in-sample and optimistic; set eval_data to held-out samples for a fair estimate",
+            len(items),
+        )
+        evals = items
+    eval_fp = config.eval_fingerprint()
     log = _read_log(config)
+    _write_log(config, log)  # from now on the fingerprint guards the round folders' files
     reused = [r.round for r in log.rounds[: config.rounds]]
+    reevaluated: list[int] = []
     start_dir = resolve_model_dir(config.model)
     with asyncio.Runner() as runner:
         owned: list[RiskScorer] = []  # closed at the end; the caller closes what it passed
@@ -403,11 +495,21 @@ def train_rlaif(
         if eval_scorer is None and config.eval_judge:
             eval_judge = _built(parse_risk_scorer_spec(config.eval_judge), owned)
         try:
-            if evals and config.eval_baseline and log.baseline is None:
+            if config.eval_baseline and not _current(log.baseline, eval_fp):
+                if log.baseline is not None:
+                    reevaluated.append(0)
                 say("evaluating the starting policy")
                 policy = Policy.load(start_dir)
                 log.baseline = _evaluate(policy, evals, eval_judge, config, runner)
                 del policy
+                _write_log(config, log)
+            for index, done in enumerate(log.rounds[: config.rounds]):
+                if _current(done.eval, eval_fp):
+                    continue
+                say(f"round {done.round}: evaluating again (the eval settings changed)")
+                stats = _evaluate(Policy.load(done.checkpoint), evals, eval_judge, config, runner)
+                log.rounds[index] = done.model_copy(update={"eval": stats})
+                reevaluated.append(done.round)
                 _write_log(config, log)
             for number in range(len(log.rounds) + 1, config.rounds + 1):
                 policy_dir = log.rounds[-1].checkpoint if log.rounds else start_dir
@@ -416,6 +518,7 @@ def train_rlaif(
                 )
                 log.rounds.append(record)
                 _write_log(config, log)
+                _drop_later_scores(config.output_dir, number)
         finally:
             for built in owned:
                 runner.run(built.aclose())
@@ -423,10 +526,29 @@ def train_rlaif(
     return RlaifResult(
         checkpoint=rounds[-1].checkpoint,
         output_dir=config.output_dir,
-        baseline=log.baseline,
+        # a baseline made with other eval settings (and not redone) would mislead
+        baseline=log.baseline if _current(log.baseline, eval_fp) else None,
         rounds=rounds,
         reused=reused,
+        reevaluated=reevaluated,
     )
+
+
+def _current(stats: EvalStats | None, fingerprint: dict[str, Any]) -> bool:
+    """Whether stored eval numbers were made with the current eval settings."""
+    return stats is not None and stats.fingerprint == fingerprint
+
+
+def _drop_later_scores(output_dir: Path, number: int) -> None:
+    """Delete `scored.jsonl` of the rounds after `number`.
+
+    They were sampled from a model that round `number` has just replaced (retrained), so
+    reusing them would train on stale, off-policy pairs.
+    """
+    for path in output_dir.glob(f"round-*/{SCORED_FILE}"):
+        suffix = path.parent.name.removeprefix("round-")
+        if suffix.isdigit() and int(suffix) > number:
+            path.unlink()
 
 
 def _built(scorer: RiskScorer, owned: list[RiskScorer]) -> RiskScorer:
@@ -449,66 +571,88 @@ def _run_round(
     judge: RiskScorer,
     eval_judge: RiskScorer,
 ) -> RoundRecord:
-    """Sample, score, pair, train, save and evaluate one round."""
+    """Sample, score, pair, train, save and evaluate one round.
+
+    The scored replies are written to `round-{r}/scored.jsonl` before DPO and reused when an
+    interrupted round runs again, so no judge call (possibly a paid one) is repeated.
+    """
     import torch
 
     config, number = ctx.config, ctx.number
     started = time.perf_counter()
-    ctx.say(f"round {number}: sampling {config.k} replies for {len(items)} prompts")
+    round_dir = config.output_dir / f"round-{number}"
+    scored_path = round_dir / SCORED_FILE
     policy = Policy.load(ctx.policy_dir)
-    torch.manual_seed(config.seed * 1_000 + number)
-    replies = policy.sample(
-        [it.prompt for it in items],
-        k=config.k,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        batch_size=config.gen_batch_size,
-    )
-    sampled = time.perf_counter()
-    ctx.say(f"round {number}: scoring {len(items) * config.k} replies with {judge.name}")
-    flat = [
-        ScoreItem(it.sample, it.prompt, text, it.risks)
-        for it, texts in zip(items, replies, strict=True)
-        for text in texts
-    ]
-    results = ctx.runner.run(judge.score_batch(flat))
-    scores = [r.score if isinstance(r, RiskScore) else None for r in results]
-    failures = [r for r in results if isinstance(r, JudgeFailure)]
-    for failure in failures[:3]:
-        logger.warning("round %d: a reply was left unscored: %s", number, failure.describe())
-    scored_at = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    for index, (item, texts) in enumerate(zip(items, replies, strict=True)):
-        own = scores[index * config.k : (index + 1) * config.k]
-        pairs = build_pairs(own, texts, margin=config.margin, pairing=config.pairing)
-        if not pairs:
-            skipped += 1
-        rows.extend(policy.dpo_row(item.prompt, texts[p.chosen], texts[p.rejected]) for p in pairs)
+    stored = _read_scored(scored_path, items, config.k)
+    if stored is not None:
+        ctx.say(f"round {number}: reusing the scored replies in {scored_path}")
+        replies, scores = stored
+        sampled = scored_at = time.perf_counter()
+    else:
+        ctx.say(f"round {number}: sampling {config.k} replies for {len(items)} prompts")
+        torch.manual_seed(config.seed * 1_000 + number)
+        replies = policy.sample(
+            [it.prompt for it in items],
+            k=config.k,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            batch_size=config.gen_batch_size,
+        )
+        sampled = time.perf_counter()
+        ctx.say(f"round {number}: scoring {len(items) * config.k} replies with {judge.name}")
+        flat = [
+            ScoreItem(it.sample, it.prompt, text, it.risks)
+            for it, texts in zip(items, replies, strict=True)
+            for text in texts
+        ]
+        results = ctx.runner.run(judge.score_batch(flat))
+        scores = [r.score if isinstance(r, RiskScore) else None for r in results]
+        failures = [r for r in results if isinstance(r, JudgeFailure)]
+        for failure in failures[:3]:
+            logger.warning("round %d: a reply was left unscored: %s", number, failure.describe())
+        _write_scored(scored_path, items, replies, scores)
+        scored_at = time.perf_counter()
+    unscored = sum(1 for score in scores if score is None)
+    rows, skipped, long_ids, skipped_long = _preference_rows(policy, items, replies, scores, config)
+    if long_ids:
+        logger.warning(
+            "round %d: %d pair(s) left out: the prompt of %s leaves fewer than %d of "
+            "max_length %s tokens for the reply",
+            number,
+            skipped_long,
+            _names(long_ids),
+            MIN_COMPLETION_TOKENS,
+            config.max_length,
+        )
+    if not rows and long_ids:
+        raise RlaifError(
+            f"round {number}: no preference pair fits max_length {config.max_length}: the "
+            f"prompt of {_names(long_ids)} leaves fewer than {MIN_COMPLETION_TOKENS} tokens for "
+            "the reply; raise max_length or use shorter dialogues"
+        )
     if not rows:
         raise RlaifError(
             f"round {number}: no preference pairs; all {len(items)} prompts were skipped "
-            f"({len(failures)} of {len(flat)} replies unscored). Raise k or temperature, or "
+            f"({unscored} of {len(scores)} replies unscored). Raise k or temperature, or "
             f"lower margin (now {config.margin})"
         )
     ctx.say(f"round {number}: DPO on {len(rows)} pairs")
-    round_dir = config.output_dir / f"round-{number}"
     train = _train_dpo(policy, ctx.policy_dir, rows, round_dir, config)
     del policy
-    evaluation = None
-    if evals:
-        ctx.say(f"round {number}: evaluating on {len(evals)} prompts")
-        evaluation = _evaluate(Policy.load(round_dir), evals, eval_judge, config, ctx.runner)
+    ctx.say(f"round {number}: evaluating on {len(evals)} prompts")
+    evaluation = _evaluate(Policy.load(round_dir), evals, eval_judge, config, ctx.runner)
     valid = [s for s in scores if s is not None]
     return RoundRecord(
         round=number,
         checkpoint=round_dir,
         prompts=len(items),
-        responses=len(flat),
-        judge_failures=len(failures),
+        responses=len(scores),
+        judge_failures=unscored,
         pairs=len(rows),
         skipped_prompts=skipped,
+        skipped_long=skipped_long,
+        scores_reused=stored is not None,
         mean_score=sum(valid) / len(valid) if valid else None,
         train=train,
         eval=evaluation,
@@ -516,6 +660,104 @@ def _run_round(
         seconds_scoring=scored_at - sampled,
         seconds=time.perf_counter() - started,
     )
+
+
+def _preference_rows(
+    policy: Policy,
+    items: Sequence[PromptItem],
+    replies: Sequence[Sequence[str]],
+    scores: Sequence[float | None],
+    config: RlaifConfig,
+) -> tuple[list[dict[str, Any]], int, list[str], int]:
+    """DPO rows of the round, leaving out pairs whose prompt would crowd out the reply.
+
+    TRL truncates prompt + reply to `max_length` from the end, so a long multi-turn prompt
+    leaves a pair with no reply tokens: its loss stays ln 2 and it has no gradient, yet it would
+    be counted as a pair. Such prompts are measured with the policy's own template and tokenizer
+    (images included) and their pairs dropped.
+
+    Returns:
+        The rows, the prompts without a pair, the ids of prompts too long, and their pairs.
+    """
+    limit = None if config.max_length is None else config.max_length - MIN_COMPLETION_TOKENS
+    rows: list[dict[str, Any]] = []
+    skipped = skipped_long = 0
+    long_ids: list[str] = []
+    for index, (item, texts) in enumerate(zip(items, replies, strict=True)):
+        own = scores[index * config.k : (index + 1) * config.k]
+        pairs = build_pairs(own, texts, margin=config.margin, pairing=config.pairing)
+        if not pairs:
+            skipped += 1
+            continue
+        if limit is not None and policy.prompt_length(item.prompt) > limit:
+            long_ids.append(item.sample.id)
+            skipped_long += len(pairs)
+            continue
+        rows.extend(policy.dpo_row(item.prompt, texts[p.chosen], texts[p.rejected]) for p in pairs)
+    return rows, skipped, long_ids, skipped_long
+
+
+def _names(ids: Sequence[str], shown: int = 5) -> str:
+    """`'a', 'b' and 3 more`: sample ids for a message."""
+    text = ", ".join(repr(i) for i in ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+class _ScoredPrompt(BaseModel):
+    """One line of `scored.jsonl`: a prompt's k replies and their scores (None: unscored)."""
+
+    id: str
+    replies: list[str]
+    scores: list[float | None]
+    unscored: list[bool]
+
+
+def _write_scored(
+    path: Path,
+    items: Sequence[PromptItem],
+    replies: Sequence[Sequence[str]],
+    scores: Sequence[float | None],
+) -> None:
+    """Write a round's scored replies (atomically, so a crash leaves no half file)."""
+    k = len(replies[0]) if replies else 0
+    lines = []
+    for index, (item, texts) in enumerate(zip(items, replies, strict=True)):
+        own = list(scores[index * k : (index + 1) * k])
+        line = _ScoredPrompt(
+            id=item.sample.id, replies=list(texts), scores=own, unscored=[s is None for s in own]
+        )
+        lines.append(line.model_dump_json())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_scored(
+    path: Path, items: Sequence[PromptItem], k: int
+) -> tuple[list[list[str]], list[float | None]] | None:
+    """The replies and flat scores of `scored.jsonl`, or None when absent or not this round's.
+
+    The run's fingerprint (checked before any round) guarantees the data and settings; this
+    only checks the file is whole and matches the prompts, and samples again if it is not.
+    """
+    if not path.is_file():
+        return None
+    try:
+        lines = [
+            _ScoredPrompt.model_validate_json(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+    except (OSError, ValidationError) as exc:
+        logger.warning("%s is unreadable (%s); sampling and scoring again", path, exc)
+        return None
+    ids = [it.sample.id for it in items]
+    whole = all(len(x.replies) == k and len(x.scores) == k for x in lines)
+    if [x.id for x in lines] != ids or not whole:
+        logger.warning("%s does not match this round's prompts; sampling again", path)
+        return None
+    return [x.replies for x in lines], [s for x in lines for s in x.scores]
 
 
 def _train_dpo(
@@ -617,6 +859,8 @@ def _evaluate(
 
     values = [s for _, s in scored]
     return EvalStats(
+        in_sample=config.eval_data is None,
+        fingerprint=config.eval_fingerprint(),
         samples=len(evals),
         scored=len(scored),
         judge_failures=len(evals) - len(scored),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -197,6 +197,8 @@ class MultiTurnRollout:
         self.encoder = ChatEncoder(tokenizer_or_processor, "rollout")
         self.tokenizer = self.encoder.tokenizer
         self.records: OrderedDict[str, RolloutRecord] = OrderedDict()
+        self.end_tokens: list[str] | None = None
+        """End-of-turn tokens for the loss spans; set from the model's eos ids on first use."""
         self._keys: Iterator[int] = itertools.count()
         for sample in self.samples.values():
             self._check(sample)
@@ -240,9 +242,15 @@ class MultiTurnRollout:
                 gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
             )
         with context as model:
-            records = self.roll(
-                model, samples, vllm=trainer.vllm_generation if model is None else None
-            )
+            if model is not None:
+                records = self.roll(model, samples)
+            else:
+                records = self.roll(
+                    None,
+                    samples,
+                    vllm=trainer.vllm_generation,
+                    global_count=_process_sum(trainer.accelerator),
+                )
         return self.to_trl(records)
 
     def _sample(self, sample_id: str) -> Sample:
@@ -256,15 +264,31 @@ class MultiTurnRollout:
     # --- rolling out -----------------------------------------------------------------------
 
     def roll(
-        self, model: Any, samples: Sequence[Sample], *, vllm: Any = None
+        self,
+        model: Any,
+        samples: Sequence[Sample],
+        *,
+        vllm: Any = None,
+        global_count: Callable[[int], int] | None = None,
     ) -> list[RolloutRecord]:
         """Write every assistant turn of each sample with `model` (or TRL's vLLM generator).
 
         Turn t of all rollouts is generated in one batch, so a batch of 8 rollouts of 4 turns
         costs 4 generate calls (VLMs: one call per rollout and turn, as image inputs differ).
+
+        Args:
+            model: The policy (None with `vllm`).
+            samples: One per rollout.
+            vllm: TRL's vLLM generator. Its `generate` is a collective call across processes,
+                so every process must make the same number of calls: `global_count` sums a
+                number over all processes, and the loop runs while any process has a turn
+                left (a process with none sends an empty batch).
+            global_count: See `vllm`; None on a single process.
         """
         records = [RolloutRecord(s, [], [], [], len(answer_points(s.dialogue))) for s in samples]
-        for turn in range(max(r.planned_turns for r in records)):
+        local_turns = max(r.planned_turns for r in records)
+        total = global_count or (lambda n: n)
+        for turn in range(10**6 if vllm is not None else local_turns):
             active: list[RolloutRecord] = []
             inputs: list[dict[str, Any]] = []
             for record in records:
@@ -287,9 +311,9 @@ class MultiTurnRollout:
                 record.contexts.append(context)
                 active.append(record)
                 inputs.append(encoded)
-            if not active:
+            if total(len(active)) == 0:
                 break
-            outputs = self._generate(model, inputs, vllm)
+            outputs = self._generate(model, inputs, vllm) if inputs or vllm else []
             for record, (ids, hit_limit) in zip(active, outputs, strict=True):
                 record.replies.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
                 record.hit_limit.append(hit_limit)
@@ -302,13 +326,20 @@ class MultiTurnRollout:
         return _policy_context(record.sample.dialogue, record.replies, point)
 
     def _eos_ids(self, model: Any) -> list[int]:
+        """Ids that end a turn: the tokenizer's eos and the model's generation eos ids.
+
+        Also remembers their tokens as `end_tokens`, so the loss masks end each reply's span
+        at the token generation stops on (`<|eot_id|>`, `<end_of_turn>`, not only eos).
+        """
         ids = {self.tokenizer.eos_token_id}
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if isinstance(configured, int):
             ids.add(configured)
         elif isinstance(configured, list):
             ids.update(configured)
-        return sorted(int(i) for i in ids if i is not None)
+        eos = sorted(int(i) for i in ids if i is not None)
+        self.end_tokens = [str(t) for t in self.tokenizer.convert_ids_to_tokens(eos)]
+        return eos
 
     def _generate(
         self, model: Any, inputs: list[dict[str, Any]], vllm: Any
@@ -327,7 +358,8 @@ class MultiTurnRollout:
             do_sample=sampling,
             temperature=self.settings.temperature if sampling else None,
             top_p=self.settings.top_p if sampling else None,
-            top_k=None,
+            top_k=0,  # plain temperature/top-p sampling: the model's defaults do not leak in
+            repetition_penalty=1.0,
             eos_token_id=eos,
             pad_token_id=pad if pad is not None else eos[0],
         )
@@ -423,7 +455,9 @@ class MultiTurnRollout:
         tail = self.encoder.is_vlm and record.ended_early
         dialogue = _interleave(record.sample.dialogue, record.replies, keep_tail=tail)
         try:
-            example = build_example(dialogue, self.processing, label=label)
+            example = build_example(
+                dialogue, self.processing, label=label, end_tokens=self.end_tokens
+            )
         except MaskError as exc:
             raise RolloutError(str(exc)) from exc
         spans = example.assistant_spans
@@ -438,6 +472,17 @@ class MultiTurnRollout:
         completion = example.input_ids[start:stop]
         mask = [0 if x == IGNORE_INDEX else 1 for x in labels[start:stop]]
         return example.input_ids[:start], completion, mask
+
+
+def _process_sum(accelerator: Any) -> Callable[[int], int]:
+    """A function summing an int over all processes (a collective: every process calls it)."""
+    import torch
+
+    def total(value: int) -> int:
+        tensor = torch.tensor([value], device=accelerator.device)
+        return int(accelerator.gather(tensor).sum().item())
+
+    return total
 
 
 def _cut(row: Sequence[int], eos: Sequence[int]) -> tuple[list[int], bool]:
