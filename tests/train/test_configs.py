@@ -21,6 +21,7 @@ def test_grpo_recipe_matches_the_am3safety_batch() -> None:
     assert gpus * config.batch_size * config.grad_accum == 128
     assert config.batch_size % config.num_generations == 0
     assert config.use_vllm and config.lora is not None and config.lora.r == 64
+    assert config.model_dtype == "bfloat16" and config.bf16  # to_trl() needs a GPU for bf16
     assert config.judge.startswith("turn-scores:openai:")
 
 

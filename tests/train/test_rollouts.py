@@ -269,3 +269,21 @@ def test_loss_spans_end_at_the_models_own_end_token(tokenizer: Any, tiny_llama: 
     positions = [i for i, t in enumerate(completion) if t == end]
     assert mask[positions[0]] == 1 and mask[positions[0] + 1] == 1
     assert mask[positions[2] + 1] == 0
+
+
+def test_stats_count_early_endings_and_replies_trained_on_other_tokens(tokenizer: Any) -> None:
+    sample = three_turns()
+    rollout = MultiTurnRollout({sample.id: sample}, tokenizer)
+    exact = tokenizer.encode("Bleach and ammonia.", add_special_tokens=False)
+    # Sampled as "Bleach and ammonia" plus a token that decodes to nothing visible.
+    odd = exact[:-1] + [tokenizer.convert_tokens_to_ids("<|im_start|>"), exact[-1]]
+    full = RolloutRecord(sample, [], ["Bleach and ammonia."] * 3, [False] * 3, 3, [exact] * 3)
+    short = RolloutRecord(sample, [], ["Bleach and ammonia."], [False], 3, [odd])
+    rollout.to_trl([full, short])
+    assert full.retokenized == 0
+    assert short.retokenized == 1
+    metrics = rollout.drain_stats()
+    assert metrics["rollouts/ended_early_frac"] == 0.5
+    assert metrics["rollouts/turns_mean"] == 2.0
+    assert metrics["rollouts/retokenized_turn_frac"] == pytest.approx(1 / 4)
+    assert rollout.drain_stats() == {}

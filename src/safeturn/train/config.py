@@ -7,7 +7,7 @@ file, the CLI flags and Python callers all go through the same validation and er
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -130,8 +130,15 @@ def is_vlm(model_dir: Path) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
-def load_policy(model_dir: Path, *, vlm: bool) -> tuple[Any, Any]:
-    """The model (float32) and its processor (VLM) or tokenizer, from local files only."""
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+
+
+def load_policy(model_dir: Path, *, vlm: bool, dtype: ModelDtype = "float32") -> tuple[Any, Any]:
+    """The model and its processor (VLM) or tokenizer, from local files only.
+
+    float32 by default (CPUs, full fine-tuning); `bfloat16` halves the memory of a LoRA run's
+    frozen base weights on GPUs (a 7B VLM: ~15 GB instead of ~30 GB).
+    """
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -143,7 +150,7 @@ def load_policy(model_dir: Path, *, vlm: bool) -> tuple[Any, Any]:
     loader = AutoProcessor if vlm else AutoTokenizer
     processing = loader.from_pretrained(model_dir, local_files_only=True)
     model_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
-    model = model_cls.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model = model_cls.from_pretrained(model_dir, local_files_only=True, dtype=getattr(torch, dtype))
     return model, processing
 
 

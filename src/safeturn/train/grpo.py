@@ -31,6 +31,7 @@ from safeturn.schema import Dialogue, Sample, read_jsonl
 from safeturn.train.config import (
     EMBEDDED,
     LoraSettings,
+    ModelDtype,
     TrainConfig,
     TrainConfigError,
     is_vlm,
@@ -113,6 +114,8 @@ class SafeGRPOConfig(TrainConfig):
     """Sample turns with vLLM through TRL (`vllm_mode`: `colocate` or `server`); GPU only."""
     vllm_mode: Literal["colocate", "server"] = "colocate"
     bf16: bool = False
+    model_dtype: ModelDtype = "float32"
+    """Weights as loaded; `bfloat16` for LoRA on GPUs (the trained adapter stays float32)."""
     gradient_checkpointing: bool = False
     seed: int = 0
     logging_steps: int = Field(default=1, ge=1)
@@ -282,6 +285,7 @@ def _trainer_class() -> type[Any]:
 
         def __init__(self, *args: Any, turn_reward: TurnAwareReward, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.safeturn_rollout: MultiTurnRollout = kwargs["rollout_func"]
             self.turn_reward = turn_reward
             self.turn_log = Path(str(self.args.output_dir)) / TURN_LOG
             self.turn_alpha_history: list[list[float]] = []
@@ -303,6 +307,8 @@ def _trainer_class() -> type[Any]:
                 alphas = [v for k, v in metrics.items() if k.startswith("turn_aware/alpha_t")]
                 self.turn_alpha_history.append(alphas)
                 self.write_turn_groups(groups)
+            if "loss" in logs:
+                logs.update(self.safeturn_rollout.drain_stats())
             super().log(logs, start_time)
 
         def _get_per_token_logps_and_entropies(
@@ -389,7 +395,7 @@ def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = No
     vlm = is_vlm(model_dir)
     samples = load_grpo_samples(config, vlm=vlm)
     scorer = scorer or load_turn_scorer(config.judge)
-    model, processing = load_policy(model_dir, vlm=vlm)
+    model, processing = load_policy(model_dir, vlm=vlm, dtype=config.model_dtype)
     rollout = MultiTurnRollout({s.id: s for s in samples}, processing, config.rollout_settings())
 
     def score(prompt: Any, completion: Any, rollout_key: str, **_: Any) -> Any:
@@ -412,7 +418,6 @@ def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = No
         rollout_func=rollout,
         turn_reward=reward,
     )
-    trainer.safeturn_rollout = rollout
     trainer.safeturn_scorer = scorer
     return trainer
 

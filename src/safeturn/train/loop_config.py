@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from safeturn.attacks.builder import resolve_strategies, resolve_turns
 from safeturn.errors import SafeturnError
+from safeturn.train.config import read_config, validated
 
 REPORT_ONLY = frozenset({"pairwise", "bootstrap"})
 """Config fields that may change between resumes: they affect only the report step."""
@@ -129,20 +129,14 @@ class LoopConfig(BaseModel):
         Raises:
             LoopError: The file is unreadable, or the merged values are invalid.
         """
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise LoopError(f"cannot read loop config {path}: {exc}") from exc
-            if loaded is not None and not isinstance(loaded, dict):
-                raise LoopError(f"loop config {path} must be a mapping of field: value")
-            values.update(loaded or {})
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = read_config(path, overrides, error=LoopError)
+        where = f"loop config {path}" if path else "loop config"
         try:
-            return cls.model_validate(values)
-        except (ValidationError, SafeturnError) as exc:
-            raise LoopError(f"{f'loop config {path}' if path else 'loop config'}: {exc}") from exc
+            return validated(cls, values, where, error=LoopError)
+        except LoopError:
+            raise
+        except SafeturnError as exc:  # e.g. a trainer section's own config, checked early
+            raise LoopError(f"{where}: {exc}") from exc
 
     @property
     def eval_spec(self) -> str:

@@ -24,7 +24,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from safeturn.errors import SafeturnError
@@ -67,6 +67,10 @@ class RolloutRecord:
     hit_limit: list[bool]
     """Turns cut by `max_turn_tokens` before the model ended them."""
     planned_turns: int
+    sampled: list[list[int]] = field(default_factory=list)
+    """The token ids each reply was sampled as (before its end token)."""
+    retokenized: int = 0
+    """Replies whose trained tokens differ from the sampled ones (set by `tokens`)."""
 
     @property
     def ended_early(self) -> bool:
@@ -197,6 +201,8 @@ class MultiTurnRollout:
         self.encoder = ChatEncoder(tokenizer_or_processor, "rollout")
         self.tokenizer = self.encoder.tokenizer
         self.records: OrderedDict[str, RolloutRecord] = OrderedDict()
+        self.stats = RolloutStats()
+        """Counts since the trainer last logged them (`drain_stats`)."""
         self.end_tokens: list[str] | None = None
         """End-of-turn tokens for the loss spans; set from the model's eos ids on first use."""
         self._keys: Iterator[int] = itertools.count()
@@ -316,6 +322,7 @@ class MultiTurnRollout:
             outputs = self._generate(model, inputs, vllm) if inputs or vllm else []
             for record, (ids, hit_limit) in zip(active, outputs, strict=True):
                 record.replies.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+                record.sampled.append(list(ids))
                 record.hit_limit.append(hit_limit)
         return records
 
@@ -426,6 +433,7 @@ class MultiTurnRollout:
         keys: list[str] = []
         for record in records:
             prompt, completion, mask = self.tokens(record)
+            self.stats.add(record)
             prompt_ids.append(prompt)
             completion_ids.append(completion)
             env_mask.append(mask)
@@ -471,7 +479,49 @@ class MultiTurnRollout:
             stop -= 1
         completion = example.input_ids[start:stop]
         mask = [0 if x == IGNORE_INDEX else 1 for x in labels[start:stop]]
+        record.retokenized = sum(
+            1
+            for (first, end), ids in zip(spans, record.sampled, strict=False)
+            if example.input_ids[first : end - 1] != ids
+        )
         return example.input_ids[:start], completion, mask
+
+    def drain_stats(self) -> dict[str, float]:
+        """Rollout counts since the last drain as log metrics, and reset them."""
+        stats, self.stats = self.stats, RolloutStats()
+        return stats.metrics()
+
+
+@dataclass
+class RolloutStats:
+    """What the trainer logs about rollouts: early endings and re-tokenized replies.
+
+    A reply is trained on its chat-template tokenization, not on the ids it was sampled as;
+    the two differ when decoding and re-encoding is not exact (leading spaces, special
+    tokens), which makes those tokens slightly off-policy. The fraction shows how often.
+    """
+
+    rollouts: int = 0
+    ended_early: int = 0
+    turns: int = 0
+    retokenized: int = 0
+
+    def add(self, record: RolloutRecord) -> None:
+        """Count one rollout (after `tokens` has compared its replies)."""
+        self.rollouts += 1
+        self.ended_early += int(record.ended_early)
+        self.turns += len(record.replies)
+        self.retokenized += record.retokenized
+
+    def metrics(self) -> dict[str, float]:
+        """Fractions for the logs; empty when nothing was rolled out."""
+        if not self.rollouts:
+            return {}
+        return {
+            "rollouts/ended_early_frac": self.ended_early / self.rollouts,
+            "rollouts/turns_mean": self.turns / self.rollouts,
+            "rollouts/retokenized_turn_frac": self.retokenized / max(self.turns, 1),
+        }
 
 
 def _process_sum(accelerator: Any) -> Callable[[int], int]:
