@@ -276,7 +276,7 @@ def test_stats_count_early_endings_and_replies_trained_on_other_tokens(tokenizer
     rollout = MultiTurnRollout({sample.id: sample}, tokenizer)
     exact = tokenizer.encode("Bleach and ammonia.", add_special_tokens=False)
     # Sampled as "Bleach and ammonia" plus a token that decodes to nothing visible.
-    odd = exact[:-1] + [tokenizer.convert_tokens_to_ids("<|im_start|>"), exact[-1]]
+    odd = [*exact[:-1], tokenizer.convert_tokens_to_ids("<|im_start|>"), exact[-1]]
     full = RolloutRecord(sample, [], ["Bleach and ammonia."] * 3, [False] * 3, 3, [exact] * 3)
     short = RolloutRecord(sample, [], ["Bleach and ammonia."], [False], 3, [odd])
     rollout.to_trl([full, short])
