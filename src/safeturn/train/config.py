@@ -79,6 +79,51 @@ def validated(
         raise error(f"{where}: {exc}") from exc
 
 
+def check_max_steps(max_steps: int) -> None:
+    """Reject a `max_steps` that is neither positive nor -1 (train by epochs instead)."""
+    if max_steps == 0 or max_steps < -1:
+        raise ValueError(f"max_steps must be positive, or -1 to use epochs (got {max_steps})")
+
+
+def trainer_args(
+    *,
+    output_dir: Path,
+    max_steps: int,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    grad_accum: int,
+    seed: int,
+    bf16: bool = False,
+    activation_checkpointing: bool = False,
+    logging_steps: int = 1,
+) -> dict[str, Any]:
+    """The TrainingArguments every safeturn trainer sets alike, for TRL's `XConfig(**...)`.
+
+    One final save (by the caller, not TRL), no reporting integrations, columns kept (our rows
+    carry fields TRL's signature check would drop), and no dataloader workers (small CPU runs).
+    """
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": max_steps,
+        "num_train_epochs": epochs,
+        "learning_rate": learning_rate,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": bf16,
+        "activation_checkpointing": activation_checkpointing,
+        "logging_steps": logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+    }
+
+
 class LoraSettings(BaseModel):
     """A LoRA adapter (peft) instead of full fine-tuning."""
 

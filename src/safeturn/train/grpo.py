@@ -34,10 +34,12 @@ from safeturn.train.config import (
     ModelDtype,
     TrainConfig,
     TrainConfigError,
+    check_max_steps,
     is_vlm,
     load_policy,
     resolve_model_dir,
     save_trained,
+    trainer_args,
 )
 from safeturn.train.data import SFTDataError
 from safeturn.train.rewards import (
@@ -130,10 +132,7 @@ class SafeGRPOConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> SafeGRPOConfig:
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(
-                f"max_steps must be positive, or -1 to use epochs (got {self.max_steps})"
-            )
+        check_max_steps(self.max_steps)
         if self.batch_size % self.num_generations:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of num_generations="
@@ -150,13 +149,22 @@ class SafeGRPOConfig(TrainConfig):
         extra: dict[str, Any] = {}
         if self.loss_type is not None:
             extra["loss_type"] = self.loss_type
-        return GRPOConfig(
-            output_dir=str(self.output_dir),
+        args = trainer_args(
+            output_dir=self.output_dir,
             max_steps=self.max_steps,
-            num_train_epochs=self.epochs,
+            epochs=self.epochs,
             learning_rate=self.learning_rate,
-            per_device_train_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.grad_accum,
+            batch_size=self.batch_size,
+            grad_accum=self.grad_accum,
+            seed=self.seed,
+            bf16=self.bf16,
+            activation_checkpointing=self.gradient_checkpointing,
+            logging_steps=self.logging_steps,
+        )
+        if self.save_steps:
+            args.update(save_strategy="steps", save_steps=self.save_steps)
+        return GRPOConfig(
+            **args,
             num_generations=self.num_generations,
             max_completion_length=self.max_turn_tokens,
             temperature=self.temperature,
@@ -164,18 +172,6 @@ class SafeGRPOConfig(TrainConfig):
             beta=self.kl_beta,
             use_vllm=self.use_vllm,
             vllm_mode=self.vllm_mode,
-            seed=self.seed,
-            data_seed=self.seed,
-            bf16=self.bf16,
-            activation_checkpointing=self.gradient_checkpointing,
-            logging_steps=self.logging_steps,
-            logging_first_step=True,
-            save_strategy="steps" if self.save_steps else "no",
-            save_steps=self.save_steps or 500,
-            report_to="none",
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
             # Rollouts return no sampling logprobs (turns are re-tokenized in the chat layout),
             # so TRL's vLLM importance-sampling correction has nothing to compare against.
             vllm_importance_sampling_correction=False,
@@ -353,12 +349,14 @@ def load_grpo_samples(config: SafeGRPOConfig, *, vlm: bool) -> list[Sample]:
 
                 bridge = bridge or OcrBridge()
                 dialogue = bridge_dialogue(dialogue, bridge, label=f"sample {sample.id!r}").dialogue
-            samples.append(sample.model_copy(update={"dialogue": dialogue, "turns": 0}))
+            samples.append(
+                sample.model_copy(update={"dialogue": dialogue, "turns": dialogue.n_turns})
+            )
     except (SchemaError, ImageError) as exc:
         raise SFTDataError(f"{path}: {exc}") from exc
     if not samples:
         raise SFTDataError(f"{path} holds no samples; GRPO needs dialogues with user turns")
-    return [Sample.model_validate(s.model_dump()) for s in samples]
+    return samples
 
 
 def _dataset(samples: Sequence[Sample], *, vlm: bool) -> Any:

@@ -51,7 +51,14 @@ from safeturn.judges.risk_score import (
 from safeturn.redact import scrub_secrets
 from safeturn.schema import Dialogue, Sample, read_jsonl
 from safeturn.synth.risks import Risk, risks_by_sample
-from safeturn.train.config import EMBEDDED, LoraSettings, resolve_model_dir, save_trained
+from safeturn.train.config import (
+    EMBEDDED,
+    LoraSettings,
+    check_max_steps,
+    resolve_model_dir,
+    save_trained,
+    trainer_args,
+)
 from safeturn.train.config import read_config as base_read_config
 from safeturn.train.config import validated as base_validated
 from safeturn.train.policy import Policy
@@ -123,10 +130,7 @@ class RlaifSettings(BaseModel):
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> Self:
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(
-                f"max_steps must be positive, or -1 to use epochs (got {self.max_steps})"
-            )
+        check_max_steps(self.max_steps)
         return self
 
 
@@ -775,25 +779,17 @@ def _train_dpo(
     else:  # the round's starting policy, frozen; with LoRA, TRL disables the adapter instead
         ref_model = Policy.load(ref_dir).model
     args = DPOConfig(
-        output_dir=str(out),
-        max_steps=config.max_steps,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
+        **trainer_args(
+            output_dir=out,
+            max_steps=config.max_steps,
+            epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            batch_size=config.batch_size,
+            grad_accum=config.grad_accum,
+            seed=config.seed,
+        ),
         beta=config.beta,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
         max_length=config.max_length,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=False,
-        activation_checkpointing=False,
-        logging_steps=1,
-        logging_first_step=True,
-        save_strategy="no",
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
     )
     trainer = DPOTrainer(
         model=policy.model,

@@ -22,10 +22,12 @@ from safeturn.train.config import (
     LoraSettings,
     TrainConfig,
     TrainConfigError,
+    check_max_steps,
     is_vlm,
     load_policy,
     resolve_model_dir,
     save_trained,
+    trainer_args,
 )
 from safeturn.train.data import load_sft_rows
 from safeturn.train.masks import AssistantOnlyCollator
@@ -80,10 +82,7 @@ class SafeSFTConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> SafeSFTConfig:
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(
-                f"max_steps must be positive, or -1 to use epochs (got {self.max_steps})"
-            )
+        check_max_steps(self.max_steps)
         return self
 
     def to_trl(self) -> SFTConfig:
@@ -91,26 +90,21 @@ class SafeSFTConfig(TrainConfig):
         from trl.trainer.sft_config import SFTConfig
 
         return SFTConfig(
-            output_dir=str(self.output_dir),
-            max_steps=self.max_steps,
-            num_train_epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            per_device_train_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.grad_accum,
+            **trainer_args(
+                output_dir=self.output_dir,
+                max_steps=self.max_steps,
+                epochs=self.epochs,
+                learning_rate=self.learning_rate,
+                batch_size=self.batch_size,
+                grad_accum=self.grad_accum,
+                seed=self.seed,
+                bf16=self.bf16,
+                activation_checkpointing=self.gradient_checkpointing,
+                logging_steps=self.logging_steps,
+            ),
             warmup_steps=self.warmup_steps,
             max_length=self.max_length,
-            seed=self.seed,
-            data_seed=self.seed,
-            bf16=self.bf16,
-            activation_checkpointing=self.gradient_checkpointing,
-            logging_steps=self.logging_steps,
-            logging_first_step=True,
-            save_strategy="no",
-            report_to="none",
-            remove_unused_columns=False,
             dataset_kwargs={"skip_prepare_dataset": True},
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
         )
 
     def peft_config(self) -> Any:
