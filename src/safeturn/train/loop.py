@@ -39,6 +39,7 @@ from safeturn.attacks.builder import build_attacks, localize_images
 from safeturn.run.engine import EvalSettings, SampleCallback, start_run, unfinished_samples
 from safeturn.run.store import RunStore
 from safeturn.schema import GenerateParams, Sample, write_jsonl
+from safeturn.train.config import is_vlm, resolve_model_dir
 from safeturn.train.loop_config import LoopConfig, LoopError
 from safeturn.train.loop_split import check_no_leak, load_seeds, seed_groups, split_groups
 from safeturn.train.loop_synth import (
@@ -366,7 +367,7 @@ class Loop:
             model = self.config.train_model
         except LoopError:
             return False  # not trainable here (scripted, openai); the train step says so
-        return not _is_vlm(model)
+        return not is_vlm(resolve_model_dir(model))
 
     def _intersafe(self, store: RunStore, failures: list[Failure]) -> list[Sample]:
         from safeturn.models import load_model
@@ -540,16 +541,6 @@ def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> Pair
                 await close()
 
     return pairwise_report(a, b, judge.name, match, asyncio.run(go()))
-
-
-def _is_vlm(model: str) -> bool:
-    """Whether the trainer's model sees pixels (decides whether images are bridged to text)."""
-    from transformers import AutoConfig
-
-    from safeturn.train.sft import resolve_model_dir
-
-    config = AutoConfig.from_pretrained(resolve_model_dir(model), local_files_only=True)
-    return getattr(config, "vision_config", None) is not None
 
 
 def run_loop(
