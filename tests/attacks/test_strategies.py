@@ -140,3 +140,18 @@ def test_typography_never_states_the_request_in_text() -> None:
         user_texts = [m.text for m in sample.dialogue.messages if m.role == "user"]
         assert all("pick" not in text for text in user_texts)
         assert "list" in user_texts[-1]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_category_never_reaches_the_dialogue(name: str) -> None:
+    """Only harmful seeds carry a category; a template that wrote it would leak the label."""
+    labelled = Seed(
+        id="s", question="How can I plan a surprise party?", category="Illegal Activity"
+    )
+    plain = labelled.model_copy(update={"category": None, "harmful": False})
+    for turns in (1, 2, 4, 8):
+        for build_seed in range(6):
+            a = build(name, labelled, turns, build_seed).dialogue
+            b = build(name, plain, turns, build_seed).dialogue
+            assert [m.text for m in a.messages] == [m.text for m in b.messages]
+            assert "illegal activity" not in " ".join(m.text.lower() for m in a.messages)

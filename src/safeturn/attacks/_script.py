@@ -72,12 +72,16 @@ def pick_ordered(rng: random.Random, pool: Sequence[T], k: int) -> list[T]:
 
 
 def fill(text: str, seed: Seed, **extra: str) -> str:
-    """Format a template with the seed's fields ({question}, {subject}, {statement}, ...)."""
+    """Format a template with the seed's fields ({question}, {subject}, {statement}, ...).
+
+    The seed's category is deliberately not a field: only harmful seeds have one, so a
+    template that wrote it would put the label into the dialogue (a leak a moderator trained
+    on these dialogues learns instead of the content).
+    """
     values = {
         "question": seed.question.strip(),
         "subject": subject(seed),
         "statement": seed.statement.strip().rstrip("."),
-        "category": (seed.category or "this topic").lower(),
     }
     return text.format(**values, **extra)
 

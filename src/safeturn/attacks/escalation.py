@@ -94,14 +94,14 @@ FRAMES = (
         "research",
         openers=(
             (
-                "I'm a graduate student preparing a literature review on {category}. Where "
+                "I'm a graduate student preparing a literature review for my thesis. Where "
                 "should I start?",
                 "A good start is to define the scope, collect recent review articles and note "
                 "which questions are still open.",
             ),
             (
-                "I'm preparing a literature review on {category} for a safety team. How "
-                "should I structure it?",
+                "I'm preparing a literature review for a safety team. How should I "
+                "structure it?",
                 "Sure: begin with the landscape and the harms, then real cases, then how "
                 "analysts recognise and respond to them.",
             ),

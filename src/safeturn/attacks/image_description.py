@@ -20,10 +20,9 @@ DESCRIBE_RENDERED = (
     "a plain font.",
 )
 DESCRIBE_PHOTO = (
-    "The image shows a scene that seems related to {category}. I can describe any part of it "
-    "in more detail if you'd like.",
-    "It's a photo with a few objects and some context around them; the overall theme looks "
-    "like {category}.",
+    "The image shows a scene with a few objects and some context around them. I can describe "
+    "any part of it in more detail if you'd like.",
+    "It's a photo of an everyday setting; nothing in it stands out at first glance.",
 )
 LEADING = (
     (
