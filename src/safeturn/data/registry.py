@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from safeturn.data.base import DataSpecError, LoadedSet
+from safeturn.data.dialogsets import load_hh_rlhf, load_mtbench101
 from safeturn.data.figstep import load_figstep, load_figstep_benign
 from safeturn.data.hf import load_hf
 from safeturn.data.jsonl import load_jsonl
@@ -44,6 +45,8 @@ _LOADERS: dict[str, Loader] = {
     "advbench": load_advbench,
     "questions": load_questions,
     "jsonl": load_jsonl,
+    "hh-rlhf": load_hh_rlhf,
+    "mtbench101": load_mtbench101,
 }
 _WITH_VARIANTS = frozenset({"mmsafetybench", "vlguard"})
 
@@ -71,6 +74,14 @@ SOURCES: tuple[SourceInfo, ...] = (
     SourceInfo("harmbench", "harmbench:harmbench_behaviors_text_all.csv", "HarmBench behaviors"),
     SourceInfo("advbench", "advbench:harmful_behaviors.csv", "AdvBench harmful behaviors"),
     SourceInfo("questions", "questions:my_questions.csv", "any CSV with a question column"),
+    SourceInfo(
+        "hh-rlhf",
+        "hh-rlhf:harmless-base-test.jsonl.gz",
+        "hh-rlhf red-teaming conversations (people, multi-turn)",
+    ),
+    SourceInfo(
+        "mtbench101", "mtbench101:mtbench101_train_tasks.jsonl", "MT-Bench-101 benign dialogues"
+    ),
     SourceInfo("jsonl", "jsonl:samples.jsonl", "safeturn's own JSONL samples"),
     SourceInfo("hf", "hf:/data/my_set:train", "a local or cached Hugging Face dataset"),
 )
