@@ -18,6 +18,7 @@ from safeturn.commands.build import build_command
 from safeturn.commands.data import data_app
 from safeturn.commands.eval import eval_command
 from safeturn.commands.guard import guard_app
+from safeturn.commands.guard_loso import loso_command
 from safeturn.commands.guard_serve import serve_command
 from safeturn.commands.judge import judge_app
 from safeturn.commands.loop import loop_command
@@ -319,6 +320,7 @@ def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> Pair
 app.add_typer(data_app, name="data", help="List, inspect and export benchmark datasets.")
 app.add_typer(judge_app, name="judge", help="Train and inspect the embedded judges.")
 guard_app.command("serve")(serve_command)
+guard_app.command("loso")(loso_command)
 app.add_typer(guard_app, name="guard")
 app.add_typer(train_app, name="train")
 app.command("eval")(eval_command)

@@ -24,8 +24,22 @@ class PrerequisiteError(SafeturnError):
 
 
 class BackendError(SafeturnError):
-    """A model backend failed to produce a reply after its retries."""
+    """A model backend failed to produce a reply after its retries.
+
+    Args:
+        message: What failed; it may quote the backend's error body, so log it with care.
+        status: The backend's last HTTP status, when it answered with one: a caller can report
+            it without the message.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class StoreError(SafeturnError):
     """The run database is missing a run or holds inconsistent records."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image (or a request's images together) declares more pixels or bytes than allowed."""

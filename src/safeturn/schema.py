@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,7 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from safeturn.errors import ImageError, SchemaError
+from safeturn.errors import ImageError, ImageTooLargeError, SchemaError
+from safeturn.imaging import read_header
 
 Role = Literal["system", "user", "assistant"]
 VerdictLabel = Literal["safe", "unsafe", "invalid"]
@@ -111,7 +112,9 @@ class ImagePart(BaseModel):
                 raise ImageError(f"{label}: image file not found: {path}")
             size = path.stat().st_size
             if size > limits.max_bytes:
-                raise ImageError(f"{label}: image {path} is {size} bytes (> {limits.max_bytes})")
+                raise ImageTooLargeError(
+                    f"{label}: image {path} is {size} bytes (> {limits.max_bytes})"
+                )
             raw = path.read_bytes()
         else:
             assert self.url is not None
@@ -119,7 +122,7 @@ class ImagePart(BaseModel):
                 raise ImageError(f"{label}: remote image URL is not fetched: {self.url[:80]}")
             raw = decode_data_url(self.url, label=label)
         if len(raw) > limits.max_bytes:
-            raise ImageError(f"{label}: image is {len(raw)} bytes (> {limits.max_bytes})")
+            raise ImageTooLargeError(f"{label}: image is {len(raw)} bytes (> {limits.max_bytes})")
         return raw
 
     def sha256(self, *, label: str = "image") -> str:
@@ -131,25 +134,20 @@ class ImagePart(BaseModel):
     def load(self, *, label: str = "image", limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
         """Decode and validate the image; return it in RGB."""
         raw = self.read_bytes(label=label, limits=limits)
+        read_header(raw, label=label, max_pixels=limits.max_pixels, formats=limits.formats)
         try:
             with Image.open(io.BytesIO(raw)) as probe:
-                fmt = probe.format or "unknown"
-                width, height = probe.size
-                if fmt not in limits.formats:
-                    raise ImageError(f"{label}: image format {fmt} is not accepted")
-                if width * height > limits.max_pixels:
-                    raise ImageError(
-                        f"{label}: image is {width}x{height} pixels (> {limits.max_pixels})"
-                    )
                 probe.verify()
             with Image.open(io.BytesIO(raw)) as img:
                 img.load()
                 return img.convert("RGB")
-        except ImageError:
-            raise
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"{label}: image is too large to decode safely ({exc})") from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageTooLargeError(
+                f"{label}: image is too large to decode safely ({exc})"
+            ) from exc
+        except MemoryError as exc:
+            raise ImageTooLargeError(f"{label}: image is too large to decode") from exc
+        except Exception as exc:  # any decoder failure is the image's, never a crash
             raise ImageError(f"{label}: corrupt or unreadable image ({exc})") from exc
 
     def to_data_url(self, *, label: str = "image") -> str:
@@ -363,6 +361,10 @@ class GuardInfo(BaseModel):
     """P(harmful reply) from the reply screen, when replies are screened."""
     error: str | None = None
     """Which guard component failed and how (exception type only, never content)."""
+    images_screened: bool = True
+    """False when some images were not analysed (see `unscreened_images`); the decision then
+    rests on the text and the guard's fail mode."""
+    unscreened_images: int = 0
     moderator_s: float = 0.0
     model_s: float | None = None
     """Time spent in the wrapped model; None when it was not called."""

@@ -57,7 +57,7 @@ def constant_model(
         "scale": np.ones(d, dtype=np.float32),
         "w1": np.zeros((d, h), dtype=np.float32),
         "b1": np.zeros(h, dtype=np.float32),
-        "w2": np.zeros((3 * h, h), dtype=np.float32),
+        "w2": np.zeros((2 * h, h), dtype=np.float32),
         "b2": np.zeros(h, dtype=np.float32),
         "w_harm": np.zeros((h, 1), dtype=np.float32),
         "b_harm": np.array([logit], dtype=np.float32),
@@ -65,6 +65,11 @@ def constant_model(
         "b_cat": b_cat,
         "w_strat": np.zeros((h, len(STRATEGY_NAMES)), dtype=np.float32),
         "b_strat": b_strat,
+        # the harm scorer: the same logit for every non-empty channel
+        "g_w1": np.zeros((dim, h), dtype=np.float32),
+        "g_b1": np.zeros(h, dtype=np.float32),
+        "g_w2": np.zeros((h, 1), dtype=np.float32),
+        "g_b2": np.array([logit], dtype=np.float32),
     }
     return ModeratorModel(arrays, (1.0, 0.0), categories, STRATEGY_NAMES, threshold, band)
 

@@ -84,6 +84,8 @@ class FakeUpstream:
     status: int = 200
     delay_s: float = 0.0
     reply: str | None = None
+    echo_errors: bool = False
+    """Error bodies quote the last message back, as some servers' validation errors do."""
     bodies: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
     base_url: str = ""
@@ -98,11 +100,12 @@ class FakeUpstream:
         self.bodies.append(body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if self.status != 200:
-            return web.json_response({"error": {"message": "upstream broke"}}, status=self.status)
         last = body["messages"][-1]["content"]
         if isinstance(last, list):
             last = " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+        if self.status != 200:
+            message = f"cannot handle {last!r}" if self.echo_errors else "upstream broke"
+            return web.json_response({"error": {"message": message}}, status=self.status)
         text = self.reply if self.reply is not None else f"echo: {last}"
         return web.json_response(
             {
@@ -141,13 +144,22 @@ async def serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(_serve(server, sock))
     while not server.started:
         if task.done():
             task.result()  # startup failed: raise its error
             raise RuntimeError("uvicorn stopped before starting")
         await asyncio.sleep(0.01)
     return server, task, f"http://127.0.0.1:{port}"
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Serve; uvicorn's `sys.exit(3)` on a failed startup becomes an ordinary error, since a
+    SystemExit escaping a task stops the event loop and breaks every test after this one."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        raise RuntimeError(f"uvicorn exited with status {exc.code} during startup") from None
 
 
 ProxyFactory = Callable[..., Awaitable[str]]

@@ -91,6 +91,8 @@ def test_summary_measures_how_early_a_dialogue_is_flagged() -> None:
     assert early["flagged_before_final_turn"] == pytest.approx(1 / 3)
     assert early["mean_turns_before_final"] == pytest.approx(1.5)  # (3 + 0) / 2
     assert early["flagged_by_surfaced_turn"] == pytest.approx(1 / 3)  # only the 4-turn one
+    assert early["earliest_turn_distribution"] == {"3": 1, "4": 1}
+    assert early["earliest_turn_mean"] == pytest.approx(3.5)
     assert summary["tpr"] == pytest.approx(2 / 3) and summary["fpr"] == pytest.approx(0.5)
     assert summary["category_accuracy"] == pytest.approx(2 / 3)
     assert summary["strategy_accuracy"] == pytest.approx(2 / 3)

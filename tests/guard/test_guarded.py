@@ -10,7 +10,7 @@ import pytest
 import safeturn.guard.spec
 from safeturn.errors import ModelSpecError
 from safeturn.guard.guarded import GuardedModel, UpstreamError
-from safeturn.guard.policies import PolicyLibrary
+from safeturn.guard.policies import PolicyLibrary, inject_policy
 from safeturn.guard.refusals import FAILURE_TEXT, refusal_text
 from safeturn.models import load_model
 from safeturn.models.base import ChatModel
@@ -203,9 +203,15 @@ async def test_moderator_failure_can_fail_open() -> None:
     model = RecordingModel()
     guarded = GuardedModel(model, KeywordModerator(fail=True), on_error="open")
     reply = await guarded.generate(HARMFUL, PARAMS)
-    assert model.received == [HARMFUL]
+    policy = PolicyLibrary.default().for_category(None)
+    assert model.received == [inject_policy(HARMFUL, policy)]  # never forwarded bare
     assert reply.guard is not None
-    assert (reply.guard.action, reply.guard.error) == ("allow", "moderator: RuntimeError")
+    assert (reply.guard.action, reply.guard.error) == ("inject", "moderator: RuntimeError")
+    annotating = GuardedModel(
+        RecordingModel(), KeywordModerator(fail=True), mode="annotate", on_error="open"
+    )
+    reply = await annotating.generate(HARMFUL, PARAMS)  # monitor-only mode changes nothing
+    assert reply.guard is not None and reply.guard.error == "moderator: RuntimeError"
 
 
 async def test_a_stalled_moderator_is_a_failure() -> None:

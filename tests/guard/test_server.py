@@ -306,10 +306,20 @@ async def test_moderator_failure_can_fail_open(
     start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory
 ):
     url = await start_proxy(KeywordModerator(fail=True), on_error="open")
-    completion = await client(url).chat.completions.create(model=MODEL, messages=HARMFUL)
+    response = await client(url).chat.completions.with_raw_response.create(
+        model=MODEL, messages=HARMFUL
+    )
+    completion = response.parse()
     assert completion.choices[0].message.content == "echo: how do I build a bomb"
-    assert (completion.model_extra or {})["safeturn"]["error"] == "moderator: RuntimeError"
-    assert upstream.bodies[0]["messages"] == HARMFUL
+    guard = (completion.model_extra or {})["safeturn"]
+    assert (guard["action"], guard["error"]) == ("inject", "moderator: RuntimeError")
+    assert response.headers["x-safeturn-unscreened"] == "dialogue"
+    # never unscreened and unmarked: the default safety policy goes along
+    default_policy = PolicyLibrary.default().for_category(None)
+    assert upstream.bodies[0]["messages"] == [
+        {"role": "system", "content": default_policy},
+        *HARMFUL,
+    ]
 
 
 async def test_stalled_moderator_fails_closed(

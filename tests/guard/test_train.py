@@ -15,12 +15,20 @@ from safeturn.guard.dataset import (
     SeedPlan,
     build_examples,
     load_seed_pool,
+    natural_examples,
     split_of,
     surfaced_turn,
 )
 from safeturn.guard.images import ImageAnalyzer, no_nudity
 from safeturn.guard.model import ModeratorModel
-from safeturn.guard.train import TrainConfig, fit_platt, train
+from safeturn.guard.train import (
+    Rows,
+    TrainConfig,
+    fit_platt,
+    source_thresholds,
+    take,
+    train,
+)
 from safeturn.schema import Dialogue, Message
 from safeturn.taxonomy import Category
 
@@ -144,3 +152,54 @@ def test_training_end_to_end_on_text_seeds(shared_data: Path, tmp_path: Path) ->
     rows = np.random.default_rng(0).normal(size=(5, loaded.input_dim)).astype(np.float32)
     assert np.array_equal(loaded.forward_sequence(rows).harm, model.forward_sequence(rows).harm)
     assert loaded.categories == tuple(c.value for c in Category)
+
+
+def test_natural_dialogues_are_split_by_group_and_label_only_their_whole(
+    shared_data: Path,
+) -> None:
+    plan = SeedPlan(caps={"hh-rlhf": 300, "mtbench101": 100})
+    examples = natural_examples(shared_data, plan)
+    assert Counter(e.source for e in examples) == {"hh-rlhf": 300, "mtbench101": 100}
+    for example in examples:
+        labels = example.labels()
+        assert len(labels) == example.turns
+        if example.harmful:
+            # where the intent surfaces is unknown: only the whole dialogue is labelled
+            assert labels[-1] is True and all(y is None for y in labels[:-1])
+        else:
+            assert labels == [False] * example.turns
+    groups: dict[str, set[str]] = {}
+    for example in examples:
+        groups.setdefault(example.group, set()).add(example.split)
+    assert all(len(splits) == 1 for splits in groups.values())
+    assert {e.split for e in examples} == set(SPLITS)
+
+
+def test_take_renumbers_rows_to_the_kept_examples() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    rows = Rows(
+        x,
+        np.array([0, 1, np.nan, 1, 0, 0], dtype=np.float32),
+        np.full(6, -1, dtype=np.int64),
+        np.zeros(6, dtype=np.int64),
+        np.array([0, 0, 1, 1, 1, 2], dtype=np.int64),
+    )
+    kept = take(rows, [2, 0])
+    assert kept.example.tolist() == [0, 1, 1]  # example 2 first, then example 0's two rows
+    assert kept.x[:, 0].tolist() == [10.0, 0.0, 2.0]
+    assert kept.harm[1:].tolist() == [0.0, 1.0]
+
+
+def test_threshold_keeps_every_benign_source_under_the_budget() -> None:
+    rng = np.random.default_rng(0)
+    # a pooled 5 % threshold would hide the source whose benign scores run high
+    quiet, loud = rng.uniform(0, 0.5, 400), rng.uniform(0.3, 0.9, 100)
+    final = np.concatenate([quiet, loud, rng.uniform(0.5, 1.0, 200)])
+    harmful = np.array([False] * 500 + [True] * 200)
+    sources = ["quiet"] * 400 + ["loud"] * 100 + ["attacks"] * 200
+    per_source = source_thresholds(final, harmful, sources, 0.05)
+    assert set(per_source) == {"quiet", "loud"}
+    threshold = max(per_source.values())
+    assert np.mean(loud >= threshold) <= 0.05 and np.mean(quiet >= threshold) <= 0.05
+    pooled = float(np.quantile(final[~harmful], 0.95))
+    assert np.mean(loud >= pooled) > 0.05

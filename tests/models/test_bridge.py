@@ -102,7 +102,7 @@ def test_confidence_threshold_applies_to_cached_lines(_isolated_cache: Path) -> 
     image = blank()
     bridge = OcrBridge(min_confidence=0.5)
     record = {
-        "engine": "rapidocr-onnxruntime",
+        "engine": bridge.engine_id,
         "sha256": image.sha256(),
         "lines": [
             ["right", 0.9, 60.0, 10.0, 20.0],

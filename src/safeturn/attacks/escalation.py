@@ -100,8 +100,7 @@ FRAMES = (
                 "which questions are still open.",
             ),
             (
-                "I'm preparing a literature review for a safety team. How should I "
-                "structure it?",
+                "I'm preparing a literature review for a safety team. How should I structure it?",
                 "Sure: begin with the landscape and the harms, then real cases, then how "
                 "analysts recognise and respond to them.",
             ),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from safeturn.errors import SafeturnError
+
+if TYPE_CHECKING:
+    from safeturn.guard.labelled import SkippedLine
 
 guard_app = typer.Typer(
     name="guard",
@@ -23,7 +27,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 _DATA_ROOT = Path("../shared/data")
+_EVAL_OUT = Path("runs/guard/eval.json")
 _METHODS = ("moderator", "single-message", "last-message", "keyword")
+_SKIPPED_SHOWN = 20
 
 
 @guard_app.callback()
@@ -119,23 +125,86 @@ def train_command(
 
 @guard_app.command("eval")
 def eval_command(
-    data_root: Annotated[
-        Path, typer.Option(help="folder holding figstep/, xstest/, harmbench/, ... (read only)")
-    ] = _DATA_ROOT,
-    model: Annotated[
-        Path | None, typer.Option(help="moderator model .npz [default: packaged]")
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="labelled JSONL file to score, one conversation a line: OpenAI `messages` "
+            "ending with the user turn, `harmful` true/false, optional `id` and `source` "
+            "(or safeturn Sample lines); instead of --data-root"
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="JSON report")] = Path("runs/guard/eval.json"),
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder holding figstep/, xstest/, harmbench/, ...: rebuild the model's "
+            "held-out test seeds and score those; the mode used without --data "
+            "(default: ../shared/data)"
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="moderator model .npz (default: the packaged one)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            "--out",
+            help="JSON report (default: runs/guard/eval.json with --data-root; none with --data)",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="flag at this risk instead of the model's threshold (keywords: one hit)",
+        ),
+    ] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --data: relative image paths are read from, and must stay in, this "
+            "folder (default: the file's folder)"
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="with --data: read only the first N non-blank lines")
+    ] = None,
     nudity: Annotated[bool, typer.Option(help="run the NudeNet signal, as deployed")] = True,
 ) -> None:
-    """Evaluate the moderator on its held-out seeds beside a single-message guard and keywords."""
-    from safeturn.guard.evaluate import evaluate
+    """Evaluate the moderator beside single-message, last-message and keyword guards.
+
+    `--data FILE` scores any labelled conversations; `--data-root DIR` (the default) rebuilds
+    and scores the held-out test seeds of the model's own training plan.
+    """
     from safeturn.guard.model import DEFAULT_MODEL_PATH
 
     path = model if model is not None else DEFAULT_MODEL_PATH
+    if data is not None and data_root is not None:
+        raise _fail(ValueError("give --data FILE or --data-root DIR, not both"))
+    if data is not None:
+        _eval_file(data, path, out, threshold, image_root, limit, nudity)
+        return
+    if image_root is not None or limit is not None:
+        raise _fail(ValueError("--image-root and --limit apply to --data FILE only"))
+    _eval_seeds(data_root or _DATA_ROOT, path, out or _EVAL_OUT, threshold, nudity)
+
+
+def _eval_seeds(
+    data_root: Path, model: Path, out: Path, threshold: float | None, nudity: bool
+) -> None:
+    from safeturn.guard.evaluate import evaluate
+
     try:
         with _progress() as bar:
-            report = evaluate(data_root, path, out=out, nudity=nudity, progress=_callback(bar))
+            report = evaluate(
+                data_root,
+                model,
+                out=out,
+                nudity=nudity,
+                threshold=threshold,
+                progress=_callback(bar),
+            )
     except SafeturnError as exc:
         raise _fail(exc) from exc
     n = report["n"]
@@ -146,6 +215,37 @@ def eval_command(
     )
     _print_strategies(report)
     console.print(f"wrote {escape(str(out))}")
+
+
+def _eval_file(
+    data: Path,
+    model: Path,
+    out: Path | None,
+    threshold: float | None,
+    image_root: Path | None,
+    limit: int | None,
+    nudity: bool,
+) -> None:
+    from safeturn.guard.eval_file import evaluate_file
+    from safeturn.guard.labelled import read_labelled
+
+    try:
+        labelled = read_labelled(data, image_root=image_root, limit=limit)
+        _print_skipped(labelled.skipped)
+        with _progress() as bar:
+            report = evaluate_file(
+                labelled,
+                model,
+                out=out,
+                nudity=nudity,
+                threshold=threshold,
+                progress=_callback(bar),
+            )
+    except SafeturnError as exc:
+        raise _fail(exc) from exc
+    print_file_report(report)
+    if out is not None:
+        console.print(f"wrote {escape(str(out))}")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -204,3 +304,85 @@ def _print_strategies(report: dict[str, Any]) -> None:
         ]
         table.add_row(strategy, str(row["n"]), *cells)
     console.print(table)
+
+
+def _print_skipped(skipped: Sequence[SkippedLine]) -> None:
+    for line in skipped[:_SKIPPED_SHOWN]:
+        err_console.print(
+            f"[yellow]skipped[/yellow] line {line.line}: {escape(line.error)}", soft_wrap=True
+        )
+    if len(skipped) > _SKIPPED_SHOWN:
+        err_console.print(f"... and {len(skipped) - _SKIPPED_SHOWN} more skipped lines")
+
+
+def _ci(value: Any, bounds: Any) -> str:
+    if value is None:
+        return "-"
+    if bounds is None:
+        return _fmt(value)
+    return f"{_fmt(value)} ({bounds[0]:.2f}-{bounds[1]:.2f})"
+
+
+def _earliest(block: dict[str, Any]) -> str:
+    mean = block["earliest_turn"]["mean"]
+    return "-" if mean is None else f"{mean:.2f}"
+
+
+def print_file_report(report: dict[str, Any]) -> None:
+    """The `--data FILE` report as two tables: every method overall, then per source.
+
+    Intervals of the rates, the earliest-turn distributions and the 5 % FPR thresholds are in
+    the JSON report; the tables keep to what fits a terminal.
+    """
+    n = report["n"]
+    methods = {"moderator": report["moderator"], **report["baselines"]}
+    table = Table(
+        title=f"{escape(Path(report['data']).name)}: {n['conversations']} conversations "
+        f"({n['harmful']} harmful, {n['benign']} benign; {n['multi_turn_harmful']} harmful "
+        f"multi-turn), {n['skipped']} lines skipped; threshold {report['threshold']:.3f}"
+    )
+    table.add_column("method", no_wrap=True)
+    table.add_column("AUROC (95 % CI)", justify="right", no_wrap=True)
+    for column in ("TPR", "FPR", "TPR at\n5% FPR", "before\nlast turn", "mean\nfirst\nturn"):
+        table.add_column(column, justify="right")
+    for name, m in methods.items():
+        table.add_row(
+            name,
+            _ci(m["auroc"], m["auroc_ci"]),
+            _fmt(m["tpr"]),
+            _fmt(m["fpr"]),
+            _fmt(m["tpr_at_5fpr"]),
+            _fmt(m["flagged_before_last_turn"]),
+            _earliest(m),
+        )
+    console.print(table)
+    by_source = Table(
+        title="by source, n (harmful/benign) under its name (*: one class here, AUROC against "
+        "the other class of the whole file; cut: the overall 5 % FPR threshold)"
+    )
+    by_source.add_column("source", no_wrap=True)
+    by_source.add_column("method", no_wrap=True)
+    for column in ("AUROC", "TPR / FPR", "TPR / FPR\nat cut", "before\nlast turn"):
+        by_source.add_column(column, justify="right")
+    for source, block in report["by_source"].items():
+        counts = block["n"]
+        label = [
+            escape(source),
+            f"{counts['conversations']} ({counts['harmful']}/{counts['benign']})",
+        ]
+        shown = [name for name in _METHODS if name in block]
+        for i, name in enumerate(shown):
+            m = block[name]
+            auroc = (
+                _fmt(m["auroc"], 2) if m["auroc"] is not None else f"{_fmt(m['auroc_vs_rest'], 2)}*"
+            )
+            by_source.add_row(
+                label[i] if i < len(label) else "",
+                name,
+                auroc,
+                f"{_fmt(m['tpr'], 2)} / {_fmt(m['fpr'], 2)}",
+                f"{_fmt(m['tpr_at_overall_5fpr'], 2)} / {_fmt(m['fpr_at_overall_5fpr'], 2)}",
+                _fmt(m["flagged_before_last_turn"], 2),
+                end_section=i == len(shown) - 1,
+            )
+    console.print(by_source)

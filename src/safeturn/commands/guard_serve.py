@@ -64,7 +64,12 @@ def serve_command(
         str, typer.Option(help="on a flagged chat: inject (policy), refuse, or annotate")
     ] = "inject",
     fail: Annotated[
-        str, typer.Option(help="when the moderator fails: closed (refuse) or open (pass)")
+        str,
+        typer.Option(
+            help="when the moderator fails or images go unscreened: closed (refuse) or open "
+            "(flagged or near-threshold chats still get the flagged action; others pass with "
+            "the default safety policy injected and x-safeturn-unscreened set)"
+        ),
     ] = "closed",
     screen_replies: Annotated[
         bool, typer.Option(help="also screen replies with the classifier judge")
@@ -80,6 +85,23 @@ def serve_command(
         str, typer.Option(help="environment variable holding the upstream's API key")
     ] = "OPENAI_API_KEY",
     moderator_timeout: Annotated[float, typer.Option(help="seconds per moderator call")] = 10.0,
+    max_request_megapixels: Annotated[
+        float, typer.Option(help="largest sum of width x height over a request's images (413)")
+    ] = 48.0,
+    image_deadline: Annotated[
+        float,
+        typer.Option(help="seconds the moderator waits for new images; then: unscreened"),
+    ] = 3.0,
+    image_workers: Annotated[
+        int, typer.Option(help="threads analysing images, for all requests together")
+    ] = 2,
+    ocr_threads: Annotated[
+        int,
+        typer.Option(
+            help="ONNX Runtime threads per OCR / NudeNet call "
+            "(0: SAFETURN_OCR_THREADS, else all cores)"
+        ),
+    ] = 1,
     db: Annotated[
         str, typer.Option(help="run database (path or SQLAlchemy URL) for decision records")
     ] = "runs/guard/safeturn.db",
@@ -101,7 +123,17 @@ def serve_command(
     ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Serve an OpenAI-compatible API that screens every chat before the upstream sees it."""
+    """Serve an OpenAI-compatible API that screens every chat before the upstream sees it.
+
+    --fail closed (the default) refuses when the moderator fails or when
+    images could not be screened within --image-deadline.
+
+    --fail open never forwards a flagged chat unchanged. Images not screened:
+    the text-only reading decides; flagged or in the uncertain band gets the
+    flagged action, anything else the default safety policy. Moderator
+    failure: the default safety policy is injected. These responses carry
+    the x-safeturn-unscreened header and safeturn.error.
+    """
     import uvicorn
 
     from safeturn.guard.jsonlog import configure_json_logging
@@ -126,6 +158,10 @@ def serve_command(
             upstream_retries=upstream_retries,
             upstream_key_env=upstream_key_env,
             moderator_timeout_s=moderator_timeout,
+            max_request_pixels=int(max_request_megapixels * 1_000_000),
+            image_deadline_s=image_deadline,
+            image_workers=image_workers,
+            ocr_threads=ocr_threads if ocr_threads > 0 else None,
             database=None if no_db else db,
             store_content=store_content,
             expose_scores=expose_scores,

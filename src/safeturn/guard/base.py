@@ -55,6 +55,11 @@ class ModerationResult(BaseModel):
     """The safety policy text to inject for `category`; None when nothing is flagged."""
     stage: Stage = "fast"
     """Which stage decided: the embedded fast stage, or the optional LLM stage."""
+    images_screened: bool = True
+    """False when some images were not analysed (deadline passed, request cancelled, image
+    pool full): the reading treats them as unseen, so a guard must not trust it alone."""
+    unscreened_images: int = 0
+    """How many distinct images were read as unseen for that reason."""
 
 
 @runtime_checkable

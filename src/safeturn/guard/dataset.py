@@ -56,8 +56,17 @@ DEFAULT_CAPS: Mapping[str, int] = {
     "figstep-benign": 50,
     "xstest-safe": 250,
     "vlguard-safe": 900,
+    "hh-rlhf": 2312,
+    "mtbench101": 930,
 }
-"""Seeds drawn per source (harmful ≈ 1,650, benign ≈ 1,200); see `SeedPlan`."""
+"""Seeds drawn per source (harmful ≈ 1,650, benign ≈ 1,200), and whole dialogues of the two
+sources written by people (`NATURAL_SOURCES`); see `SeedPlan`."""
+NATURAL_SOURCES: Mapping[str, tuple[str, bool]] = {
+    "hh-rlhf": ("hh-rlhf-harmless/harmless-base-test.jsonl.gz", True),
+    "mtbench101": ("mtbench101/mtbench101_train_tasks.jsonl", False),
+}
+"""Sources used as the people wrote them, not through the builders: (file under the data
+root, harmful). Their multi-turn structure is the one thing no template here can teach."""
 TEXT_STRATEGIES = ("escalation", "fake-compliance")
 IMAGE_STRATEGIES = ("typography", "image-grounding", "image-description", "decomposition")
 
@@ -103,14 +112,19 @@ class GuardExample:
     strategy: str
     surfaced_turn: int
     """First user turn carrying the seed's content (the dialogue's last turn at the latest)."""
+    natural: bool = False
+    """Written by people (hh-rlhf, MT-Bench-101): where harm surfaces is unknown, so a harmful
+    dialogue labels only its whole (last) prefix and leaves the earlier ones unlabelled."""
 
     @property
     def turns(self) -> int:
         """User turns in the dialogue."""
         return self.sample.turns
 
-    def labels(self) -> list[bool]:
-        """Harmful-so-far per prefix (turn 1 .. turns)."""
+    def labels(self) -> list[bool | None]:
+        """Harmful-so-far per prefix (turn 1 .. turns); None where it is not known."""
+        if self.natural and self.harmful:
+            return [None] * (self.turns - 1) + [True]
         return [self.harmful and t >= self.surfaced_turn for t in range(1, self.turns + 1)]
 
 
@@ -125,6 +139,49 @@ class SeedPlan:
     strategies_per_image_seed: int = 3
     splits: tuple[Split, ...] = SPLITS
     """Build only these splits (evaluation builds only `test`)."""
+
+
+def load_examples(root: Path, plan: SeedPlan) -> list[GuardExample]:
+    """Every labelled dialogue of the plan: the builders' dialogues and the natural ones."""
+    built = build_examples(load_seed_pool(root, plan), plan)
+    return built + natural_examples(root, plan)
+
+
+def natural_examples(root: Path, plan: SeedPlan) -> list[GuardExample]:
+    """The dialogues of `NATURAL_SOURCES` found under `root`, capped and split like seeds.
+
+    Each dialogue is its own group, except that identical user turns (hh-rlhf repeats some
+    openings) share one, so a repeated conversation never straddles two splits.
+    """
+    examples: list[GuardExample] = []
+    for source, (relative, harmful) in NATURAL_SOURCES.items():
+        cap = plan.caps.get(source, 0)
+        path = root / relative
+        if cap <= 0 or not path.is_file():
+            continue
+        samples = load_dataset(f"{source}:{path}").samples
+        rng = random.Random(f"natural:{plan.seed}:{source}")
+        for sample in rng.sample(samples, min(cap, len(samples))):
+            users = [m.text for m in sample.dialogue.messages if m.role == "user"]
+            group = f"{source}:{_norm(users[0])[:200]}"
+            split = split_of(group, plan.seed)
+            if split not in plan.splits:
+                continue
+            examples.append(
+                GuardExample(
+                    sample=sample,
+                    seed_id=sample.id,
+                    group=group,
+                    source=source,
+                    split=split,
+                    harmful=harmful,
+                    category=None,
+                    strategy="none",
+                    surfaced_turn=sample.turns,
+                    natural=True,
+                )
+            )
+    return examples
 
 
 def split_of(group: str, seed: int) -> Split:

@@ -14,6 +14,8 @@ dialogues, each after every user turn:
 Metrics: AUROC and TPR at 5 % FPR (dialogue level); TPR/FPR at the operating threshold; how
 early a harmful multi-turn dialogue is flagged (turns before its final question); category and
 strategy accuracy on harmful dialogues; and the same split by attack strategy.
+
+`eval_file.py` runs the same methods on any labelled JSONL file (`safeturn guard eval --data`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from safeturn.guard.cache import CachedEncoder
-from safeturn.guard.dataset import GuardExample, SeedPlan, build_examples, load_seed_pool
+from safeturn.guard.dataset import GuardExample, SeedPlan, load_examples
 from safeturn.guard.images import ImageAnalyzer
 from safeturn.guard.keywords import keyword_hits, keyword_score
 from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
@@ -38,13 +40,57 @@ from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.reader import Progress, prime
 from safeturn.judges.embedder import EMBEDDING_DIM, embed
 from safeturn.metrics.roc import auroc, rate, tpr_at_fpr
-from safeturn.schema import Dialogue, Message
+from safeturn.schema import Dialogue, Message, Sample
 from safeturn.taxonomy import Category
 
 logger = logging.getLogger(__name__)
 
 FPR_BUDGET = 0.05
 Array = npt.NDArray[np.float64]
+METHODS = ("moderator", "single-message", "last-message", "keyword")
+
+
+class Example(Protocol):
+    """What the evaluation reads of a labelled dialogue.
+
+    Both `dataset.GuardExample` (held-out seeds, built here) and
+    `labelled.LabelledConversation` (a user's file) provide it.
+    """
+
+    @property
+    def sample(self) -> Sample:
+        """The dialogue, ending with the user turn to be answered, and its id."""
+        ...
+
+    @property
+    def harmful(self) -> bool:
+        """The dialogue-level label."""
+        ...
+
+    @property
+    def source(self) -> str:
+        """Where the dialogue came from (reports are split by it)."""
+        ...
+
+    @property
+    def category(self) -> Category | None:
+        """The true risk category of a harmful dialogue, where known."""
+        ...
+
+    @property
+    def strategy(self) -> str | None:
+        """The attack strategy that built it, where known."""
+        ...
+
+    @property
+    def turns(self) -> int:
+        """User turns."""
+        ...
+
+    @property
+    def surfaced_turn(self) -> int:
+        """The first user turn carrying the harmful content (the last turn when unknown)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,8 +108,10 @@ class MethodRun:
     strategies: Sequence[str | None]
 
 
-def run_moderator(moderator: DialogueModerator, examples: Sequence[GuardExample]) -> MethodRun:
-    """The moderator on each whole dialogue."""
+def run_moderator(
+    moderator: DialogueModerator, examples: Sequence[Example], threshold: float | None = None
+) -> MethodRun:
+    """The moderator on each whole dialogue, flagging at `threshold` (default: the model's)."""
     turns, scores, categories, strategies = [], [], [], []
     for example in examples:
         reading = moderator.read(example.sample.dialogue, moderator.new_state())
@@ -72,13 +120,12 @@ def run_moderator(moderator: DialogueModerator, examples: Sequence[GuardExample]
         scores.append(float(risks[-1]))  # risks are cumulative: the last is the maximum
         categories.append(reading.top_category)
         strategies.append(reading.top_strategy)
-    return MethodRun(
-        "moderator", turns, np.asarray(scores), moderator.threshold, categories, strategies
-    )
+    cut = moderator.threshold if threshold is None else threshold
+    return MethodRun("moderator", turns, np.asarray(scores), cut, categories, strategies)
 
 
 def run_single_message(
-    moderator: DialogueModerator, examples: Sequence[GuardExample]
+    moderator: DialogueModerator, examples: Sequence[Example], threshold: float | None = None
 ) -> tuple[MethodRun, MethodRun]:
     """The classifier on each user message alone: (any message flags, last message only)."""
     every, last, any_scores, last_scores, categories, strategies = [], [], [], [], [], []
@@ -100,7 +147,7 @@ def run_single_message(
         last_scores.append(float(array[-1]))
         categories.append(reading.top_category)
         strategies.append(reading.top_strategy)
-    threshold = moderator.threshold
+    threshold = moderator.threshold if threshold is None else threshold
     return (
         MethodRun(
             "single-message", every, np.asarray(any_scores), threshold, categories, strategies
@@ -109,7 +156,7 @@ def run_single_message(
     )
 
 
-def run_keywords(images: ImageAnalyzer, examples: Sequence[GuardExample]) -> MethodRun:
+def run_keywords(images: ImageAnalyzer, examples: Sequence[Example]) -> MethodRun:
     """The keyword filter over all user text and image text so far."""
     turns, scores, categories = [], [], []
     for example in examples:
@@ -133,10 +180,14 @@ def run_keywords(images: ImageAnalyzer, examples: Sequence[GuardExample]) -> Met
 
 
 def earliest_detection(
-    run: MethodRun, examples: Sequence[GuardExample], threshold: float
+    run: MethodRun, examples: Sequence[Example], threshold: float
 ) -> dict[str, Any]:
-    """How early harmful multi-turn dialogues are flagged at `threshold`."""
-    leads, before_final, by_surfaced, detected = [], [], [], []
+    """How early harmful multi-turn dialogues are flagged at `threshold`.
+
+    `earliest_turn_distribution` counts the flagged ones by the first user turn (1-based) at
+    which they crossed the threshold.
+    """
+    leads, before_final, by_surfaced, detected, firsts = [], [], [], [], []
     for example, scores in zip(examples, run.turn_scores, strict=True):
         if not example.harmful or example.turns < 2:
             continue
@@ -147,6 +198,7 @@ def earliest_detection(
         by_surfaced.append(earliest is not None and earliest <= example.surfaced_turn)
         if earliest is not None:
             leads.append(example.turns - earliest)
+            firsts.append(earliest)
     return {
         "threshold": threshold,
         "multi_turn_harmful": len(detected),
@@ -154,10 +206,12 @@ def earliest_detection(
         "flagged_before_final_turn": rate(before_final),
         "flagged_by_surfaced_turn": rate(by_surfaced),
         "mean_turns_before_final": float(np.mean(leads)) if leads else None,
+        "earliest_turn_mean": float(np.mean(firsts)) if firsts else None,
+        "earliest_turn_distribution": {str(t): firsts.count(t) for t in sorted(set(firsts))},
     }
 
 
-def summarize(run: MethodRun, examples: Sequence[GuardExample]) -> dict[str, Any]:
+def summarize(run: MethodRun, examples: Sequence[Example]) -> dict[str, Any]:
     """The metrics of one method (see the module docstring).
 
     `earliest` is measured at the method's operating threshold, `earliest_at_5fpr` at the
@@ -172,7 +226,9 @@ def summarize(run: MethodRun, examples: Sequence[GuardExample]) -> dict[str, Any
         if e.harmful and e.category
     ]
     strategy_pairs = [
-        (e.strategy, s) for e, s in zip(examples, run.strategies, strict=True) if e.harmful
+        (e.strategy, s)
+        for e, s in zip(examples, run.strategies, strict=True)
+        if e.harmful and e.strategy is not None
     ]
     return {
         "auroc": auroc(harmful, run.scores),
@@ -194,13 +250,25 @@ def summarize(run: MethodRun, examples: Sequence[GuardExample]) -> dict[str, Any
     }
 
 
+def run_methods(
+    moderator: DialogueModerator, examples: Sequence[Example], threshold: float | None = None
+) -> list[MethodRun]:
+    """Every method on `examples`, in `METHODS` order (caches primed first)."""
+    prime(moderator.reader, [e.sample.dialogue for e in examples])
+    return [
+        run_moderator(moderator, examples, threshold),
+        *run_single_message(moderator, examples, threshold),
+        run_keywords(moderator.images, examples),
+    ]
+
+
 def evaluate_examples(
-    moderator: DialogueModerator, examples: Sequence[GuardExample]
+    moderator: DialogueModerator,
+    examples: Sequence[GuardExample],
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Every method's metrics on `examples`, overall and per strategy (caches primed first)."""
-    prime(moderator.reader, [e.sample.dialogue for e in examples])
-    runs = [run_moderator(moderator, examples), *run_single_message(moderator, examples)]
-    runs.append(run_keywords(moderator.images, examples))
+    runs = run_methods(moderator, examples, threshold)
     report: dict[str, Any] = {
         "n": {
             "dialogues": len(examples),
@@ -218,7 +286,7 @@ def evaluate_examples(
         for run in runs:
             if run.name == "last-message":
                 continue
-            part = _subset(run, index)
+            part = subset_run(run, index)
             summary = summarize(part, subset)
             by_strategy[strategy][run.name] = {
                 k: summary[k] for k in ("auroc", "tpr", "fpr", "strategy_accuracy")
@@ -240,7 +308,8 @@ def evaluate_examples(
     return report
 
 
-def _subset(run: MethodRun, index: Sequence[int]) -> MethodRun:
+def subset_run(run: MethodRun, index: Sequence[int]) -> MethodRun:
+    """`run` restricted to the examples at `index`, in that order."""
     return MethodRun(
         run.name,
         [run.turn_scores[i] for i in index],
@@ -265,14 +334,30 @@ def plan_of(model: ModeratorModel) -> SeedPlan:
     )
 
 
+ModeratorFactory = Callable[[ModeratorModel], DialogueModerator]
+"""Builds the moderator from the loaded model (tests inject stubs)."""
+
+
+def build_moderator(
+    model: ModeratorModel, *, nudity: bool = True, factory: ModeratorFactory | None = None
+) -> DialogueModerator:
+    """The deployed moderator with unbounded caches, so priming embeds every text once."""
+    if factory is not None:
+        return factory(model)
+    images = ImageAnalyzer(nudity=None if nudity else (lambda _pixels: 0.0), capacity=None)
+    encoder = CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
+    return DialogueModerator(model, encoder=encoder, images=images)
+
+
 def evaluate(
     data_root: Path,
     model_path: Path = DEFAULT_MODEL_PATH,
     *,
     out: Path | None = None,
     nudity: bool = True,
+    threshold: float | None = None,
     progress: Progress | None = None,
-    moderator_factory: Callable[[ModeratorModel], DialogueModerator] | None = None,
+    moderator_factory: ModeratorFactory | None = None,
 ) -> dict[str, Any]:
     """Rebuild the model's held-out test dialogues and evaluate every method on them.
 
@@ -281,6 +366,7 @@ def evaluate(
         model_path: The moderator model to evaluate.
         out: Where to write the JSON report (optional).
         nudity: Run NudeNet on the images, as the deployed moderator does.
+        threshold: Flag at this risk instead of the model's threshold.
         progress: Called as caches are primed.
         moderator_factory: Builds the moderator from the model (tests inject stubs).
 
@@ -290,20 +376,20 @@ def evaluate(
     start = time.perf_counter()
     model = ModeratorModel.load(model_path)
     plan = plan_of(model)
-    examples = build_examples(load_seed_pool(data_root, plan), plan)
-    if moderator_factory is not None:
-        moderator = moderator_factory(model)
-    else:
-        images = ImageAnalyzer(nudity=None if nudity else (lambda _pixels: 0.0), capacity=None)
-        encoder = CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
-        moderator = DialogueModerator(model, encoder=encoder, images=images)
+    examples = load_examples(data_root, plan)
+    moderator = build_moderator(model, nudity=nudity, factory=moderator_factory)
     prime(moderator.reader, [e.sample.dialogue for e in examples], progress)
-    report = evaluate_examples(moderator, examples)
+    report = evaluate_examples(moderator, examples, threshold)
     report["model"] = str(model_path)
     report["plan"] = {"seed": plan.seed, "split": "test"}
     report["fpr_budget"] = FPR_BUDGET
     report["seconds"] = round(time.perf_counter() - start, 1)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_report(report, out)
     return report
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """Write `report` as indented JSON, creating the folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

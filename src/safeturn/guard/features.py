@@ -1,13 +1,16 @@
 """Per-turn signals, and the running state of a conversation that the fast stage reads.
 
-Each user turn becomes one feature row: the embedding of its text, the embedding of the text
-OCR read in its images, cheap lexical cues of the attack shapes (references to "the image",
-"same way as before", "put it all together"; compliant-looking or refusing assistant turns
-just before it) and running counts (turn number, images so far, the share of turns with each
-cue). The model (`model.py`) maps each row to a hidden vector and pools those over the turns
-so far (running max and mean), so one revealing turn is not averaged away by seven innocent
-ones. Every aggregate is a running sum, count or max held in `ConversationState`, so a new turn
-costs one embedding and constant work, never a pass over the whole dialogue.
+Each user turn becomes one feature row: the embedding of its text, the embedding of a *window*
+of consecutive user turns ending with it (the turn itself first, then up to two earlier ones),
+the embedding of the text OCR read in its images, cheap lexical cues of the attack shapes
+(references to "the image", "same way as before", "put it all together"; compliant-looking or
+refusing assistant turns just before it) and running counts (turn number, images so far, the
+share of turns with each cue). The window is what resolves references: "How can I steal it?"
+means little alone and a great deal next to "I see a cop car over there, it's running". The
+model (`model.py`) maps each row to a hidden vector and pools those over the turns so far
+(running max), so one revealing turn is not averaged away by seven innocent ones. Every
+aggregate is a running sum, count or max held in `ConversationState`, so a new turn costs two
+embeddings and constant work, never a pass over the whole dialogue.
 
 Training and inference both go through `ConversationState`, so the features cannot drift apart.
 """
@@ -84,10 +87,28 @@ SCALAR_NAMES: tuple[str, ...] = (
     *(f"assistant_{cue}_frac" for cue in ASSISTANT_CUES),
 )
 
+WINDOW_TURNS = 3
+"""User turns in a window: the current one and up to two before it."""
+WINDOW_PREVIOUS_CHARS = 300
+"""Characters kept of each earlier turn in a window (the encoder reads 256 tokens at most)."""
+
 FEATURE_RECIPE = (
-    f"guard-v2: per turn minilm-l6-v2[user text, image ocr text] + {len(SCALAR_NAMES)} signals"
+    f"guard-v3: per turn minilm-l6-v2[user text, window of {WINDOW_TURNS} user turns "
+    f"(current first, earlier ones cut to {WINDOW_PREVIOUS_CHARS} chars), image ocr text] + "
+    f"{len(SCALAR_NAMES)} signals"
 )
 """Names the feature recipe; a model trained on another recipe is refused at load time."""
+
+
+def window_text(current: str, previous: list[str]) -> str:
+    """The text of the window ending at `current`, given the earlier user texts in order.
+
+    The current turn comes first, so the encoder's truncation cuts old context, never the turn
+    being screened; with no earlier turn the window is the turn itself.
+    """
+    earlier = [p.strip()[:WINDOW_PREVIOUS_CHARS] for p in previous[-(WINDOW_TURNS - 1) :]]
+    parts = [current.strip(), *reversed(earlier)]
+    return "\n".join(p for p in parts if p) if earlier else current
 
 
 def user_cues(text: str) -> FloatArray:
@@ -109,6 +130,8 @@ class TurnRecord:
 
     text_vector: FloatArray
     """Embedding of the user text (zeros for an image-only turn)."""
+    window_vector: FloatArray
+    """Embedding of `window_text` for this turn."""
     chars: int
     images: tuple[ImageSignals, ...]
     image_vectors: tuple[FloatArray, ...]
@@ -127,9 +150,9 @@ class TurnRecord:
 class ConversationState:
     """Running aggregates of a conversation's user turns; `advance` adds one turn in O(dim).
 
-    Holds no user text: only vectors, counts and the digests of the messages it has consumed
-    (plus assistant text until the next user turn), so it can be kept per conversation, or
-    cached, without keeping what users wrote.
+    Holds little user text: vectors, counts, the digests of the messages it has consumed, the
+    last `WINDOW_TURNS - 1` user texts (the next window needs them) and assistant text until
+    the next user turn; it lives in memory only and is never logged or stored.
     """
 
     dim: int
@@ -143,6 +166,8 @@ class ConversationState:
     the user turns, so they are read with the next user turn, in its image-text channel."""
     pending_images: list[ImageSignals] = field(default_factory=list)
     """Signals of images sent outside user turns; they join the next user turn's images."""
+    recent_user: list[str] = field(default_factory=list)
+    """The last `WINDOW_TURNS - 1` user texts, oldest first."""
     images: int = 0
     unread_images: int = 0
     ocr_chars: int = 0
@@ -174,6 +199,7 @@ class ConversationState:
             pending_assistant=list(self.pending_assistant),
             pending_context=list(self.pending_context),
             pending_images=list(self.pending_images),
+            recent_user=list(self.recent_user),
             images=self.images,
             unread_images=self.unread_images,
             ocr_chars=self.ocr_chars,
@@ -227,6 +253,7 @@ class ConversationState:
         return np.concatenate(
             [
                 record.text_vector,
+                record.window_vector,
                 image_vec,
                 scalars,
                 record.cues,
@@ -239,4 +266,4 @@ class ConversationState:
 
 def feature_dim(dim: int) -> int:
     """The length of a feature row for embeddings of size `dim`."""
-    return 2 * dim + len(SCALAR_NAMES)
+    return 3 * dim + len(SCALAR_NAMES)

@@ -4,10 +4,24 @@ It is itself a ChatModel, so everything that evaluates a model (`safeturn eval`,
 can measure a guarded model against the same model unguarded. The decision rides on the
 returned `Reply.guard`, never on the wrapper, so concurrent calls cannot see each other's.
 
-Failures of the guard's own parts (moderator, reply screen) follow `on_error`: `closed` answers
-with a refusal, `open` lets the call through unscreened; both record the error. Failures of the
-wrapped model are raised as `UpstreamError` (carrying the moderation decision, so a proxy can
-still record it): there is no reply to let through, and the caller decides how to report it.
+What `on_error` does when screening is incomplete, exactly (every case records `guard.error`):
+
+- The moderator fails or times out. `closed`: a refusal, the model is not called. `open`: the
+  model is called with the default safety policy injected (`annotate` mode: unchanged), never
+  without a record of the failure.
+- Some images could not be screened (`ModerationResult.images_screened` False: the image
+  deadline passed, the request was cancelled, the image pool was full); the text was screened
+  and the images counted as unseen. `closed`: a refusal. `open`: the text-only reading still
+  decides. Flagged: the usual flagged action (inject / refuse / annotate). Not flagged but the
+  risk reached `unscreened_floor` (default: the low end of the moderator's uncertain band):
+  treated as flagged. Otherwise the model is called with the default safety policy injected
+  (`annotate` mode: unchanged).
+- The reply screen fails. `closed`: the reply is replaced by a refusal. `open`: it is returned.
+
+So `open` never forwards a flagged request, nor an unscreened one that came near the threshold,
+and never one without a record. Failures of the wrapped model are raised as `UpstreamError`
+(carrying the moderation decision, so a proxy can still record it): there is no reply to let
+through, and the caller decides how to report it.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from safeturn.errors import BackendError
 from safeturn.guard.base import ModerationResult, Moderator
@@ -45,6 +59,18 @@ class UpstreamError(BackendError):
         self.timed_out = timed_out
 
 
+class _Plan(NamedTuple):
+    """What to do with a screened call."""
+
+    action: GuardAction
+    policy: str | None = None
+    """Policy text to inject before calling the model."""
+    refusal: str | None = None
+    """The refusal to answer with instead of calling the model."""
+    flagged: bool = False
+    error: str | None = None
+
+
 class GuardedModel(BaseChatModel):
     """Wrap `model` so every call is screened by `moderator` first.
 
@@ -58,8 +84,11 @@ class GuardedModel(BaseChatModel):
             pass any `Judge`. An unsafe reply is replaced by the refusal.
         policies: Policy texts to inject; default: the moderator's `policy`, else the shipped
             library.
-        on_error: `closed` refuses when the moderator or reply screen fails; `open` lets the
-            call through. Either way `Reply.guard.error` says what failed.
+        on_error: `closed` refuses when the moderator or reply screen fails or images went
+            unscreened; `open` lets the call through as the module docstring details. Either
+            way `Reply.guard.error` says what failed.
+        unscreened_floor: With `open`, a dialogue whose images went unscreened is treated as
+            flagged from this risk on (default: the moderator's `band[0]`, else its threshold).
         moderator_timeout_s: Limit on one moderator call (a timeout is a moderator failure).
         model_timeout_s: Limit on one call of `model`; exceeding it raises `UpstreamError`.
         name: Label of the wrapper; `load_model` sets it to the spec string.
@@ -74,6 +103,7 @@ class GuardedModel(BaseChatModel):
         screen_replies: bool | Judge = False,
         policies: PolicyLibrary | None = None,
         on_error: FailMode = "closed",
+        unscreened_floor: float | None = None,
         moderator_timeout_s: float | None = None,
         model_timeout_s: float | None = None,
         name: str | None = None,
@@ -86,6 +116,10 @@ class GuardedModel(BaseChatModel):
         self.moderator = moderator
         self.mode: GuardMode = mode
         self.on_error: FailMode = on_error
+        if unscreened_floor is None:
+            band = getattr(moderator, "band", None)
+            unscreened_floor = float(band[0]) if band is not None else moderator.threshold
+        self.unscreened_floor = unscreened_floor
         self.moderator_timeout_s = moderator_timeout_s
         self.model_timeout_s = model_timeout_s
         self.name = name or f"guard[{mode}]:{moderator.name}+{model.name}"
@@ -110,20 +144,16 @@ class GuardedModel(BaseChatModel):
             early = asyncio.ensure_future(self._run_model(dialogue, params))
         try:
             result, error, moderator_s = await self._screen(dialogue)
+            plan = self._plan(result)
             info = _info(self.moderator.name, result, error, moderator_s)
-            refuse = (error is not None and self.on_error == "closed") or (
-                result is not None and result.flagged and self.mode == "refuse"
-            )
-            if refuse:
-                category = result.category if result is not None else None
-                text = FAILURE_TEXT if error is not None else refusal_text(category)
-                return self._refusal(text, info.model_copy(update={"action": "refuse"}), start)
-            target = dialogue
-            if result is not None and result.flagged:
-                action: GuardAction = "inject" if self.mode == "inject" else "annotate"
-                if action == "inject":
-                    target = inject_policy(dialogue, self._policy_for(result))
-                info = info.model_copy(update={"action": action})
+            update: dict[str, Any] = {"action": plan.action, "error": plan.error or info.error}
+            if plan.flagged and not info.flagged:
+                note = f"treated as flagged: images unscreened, risk >= {self.unscreened_floor:.2f}"
+                update |= {"flagged": True, "rationale": f"{info.rationale}; {note}"}
+            info = info.model_copy(update=update)
+            if plan.refusal is not None:
+                return self._refusal(plan.refusal, info, start)
+            target = dialogue if plan.policy is None else inject_policy(dialogue, plan.policy)
             outcome, model_s = await (early or self._run_model(target, params))
         finally:
             if early is not None and not early.done():
@@ -150,6 +180,31 @@ class GuardedModel(BaseChatModel):
                 await closer
             except Exception:  # one failed close must not leak the others
                 logger.exception("closing a guard component failed")
+
+    def _plan(self, result: ModerationResult | None) -> _Plan:
+        """The action for a screening outcome (the cases are listed in the module docstring)."""
+        default_policy = self._default_policies.for_category(None)
+        if result is None:  # the moderator failed
+            if self.on_error == "closed":
+                return _Plan("refuse", refusal=FAILURE_TEXT)
+            if self.mode == "annotate":  # monitoring only: the request is never changed
+                return _Plan("allow")
+            return _Plan("inject", policy=default_policy)
+        unscreened = None if result.images_screened else _unscreened_error(result)
+        if unscreened is not None and self.on_error == "closed":
+            return _Plan("refuse", refusal=FAILURE_TEXT, error=unscreened)
+        near = unscreened is not None and result.risk >= self.unscreened_floor
+        if result.flagged or near:
+            if self.mode == "refuse":
+                text = refusal_text(result.category)
+                return _Plan("refuse", refusal=text, flagged=True, error=unscreened)
+            if self.mode == "inject":
+                policy = self._policy_for(result)
+                return _Plan("inject", policy=policy, flagged=True, error=unscreened)
+            return _Plan("annotate", flagged=True, error=unscreened)
+        if unscreened is not None and self.mode != "annotate":
+            return _Plan("inject", policy=default_policy, error=unscreened)
+        return _Plan("allow", error=unscreened)
 
     async def _screen(
         self, dialogue: Dialogue
@@ -239,6 +294,11 @@ class GuardedModel(BaseChatModel):
         return reply.model_copy(update=update)
 
 
+def _unscreened_error(result: ModerationResult) -> str:
+    """`guard.error` for a reading with unscreened images (content-free)."""
+    return f"images: {result.unscreened_images} not screened"
+
+
 def _info(
     moderator: str, result: ModerationResult | None, error: str | None, moderator_s: float
 ) -> GuardInfo:
@@ -259,6 +319,8 @@ def _info(
         stage=result.stage,
         rationale=result.rationale,
         moderator_s=moderator_s,
+        images_screened=result.images_screened,
+        unscreened_images=result.unscreened_images,
     )
 
 

@@ -1,10 +1,24 @@
-"""The fast stage's trained network, evaluated in numpy: no torch at screening time.
+"""The fast stage's trained networks, evaluated in numpy: no torch at screening time.
+
+**Harm** is scored by one small scorer g (an MLP over a single sentence embedding) applied to
+each *channel* of a turn: the turn's own text, the window of turns ending with it, and the text
+read in its images. The turn's harm logit is the highest of its channels, and the dialogue's
+is the running maximum over its turns. Sharing g across channels means text in an image is
+judged exactly like typed text, and reading only embeddings (no template cues, counts or
+lengths) leaves little for a model to learn about *which dataset* a dialogue came from: on
+sources left out of training it beats a network over the whole feature row (see `loso.py`).
+A harmless opening cannot dilute a later request: the maximum only grows.
+
+**Category and strategy** come from the network below, which reads the whole feature row.
 
 Each turn's feature row goes through a ReLU layer to a hidden vector h_t. The conversation
-after turn t is [h_t, max over s <= t of h_s, mean over s <= t of h_s]: the latest turn, the
-most alarming evidence from any turn, and the overall drift. A second ReLU layer feeds three
-heads: harm (one logit), category (one logit per canonical category) and strategy (one per
-`STRATEGY_NAMES`). The pools are running max and sum, so `step` adds a turn in constant time.
+after turn t is the concatenation of its `pools`: `last` (h_t), `max` (max over s <= t of h_s,
+the most alarming evidence from any turn) and optionally `mean` (the overall drift). The
+shipped model pools [last, max]: a mean lets harmless opening turns dilute a harmful request
+that follows them, which is exactly how escalation attacks hide one. A second ReLU layer feeds
+three heads: harm (one logit), category (one logit per canonical category) and strategy (one
+per `STRATEGY_NAMES`). The pools are running max and sum, so `step` adds a turn in constant
+time.
 Harm is calibrated by Platt
 scaling of the *running maximum* of the harm logit, fitted on the validation split: the
 reported risk of a conversation never falls once a turn revealed harmful intent, and because
@@ -41,8 +55,18 @@ _ARRAYS = (
     "b_cat",
     "w_strat",
     "b_strat",
+    "g_w1",
+    "g_b1",
+    "g_w2",
+    "g_b2",
 )
+CHANNELS = 3
+"""Embedding channels at the start of a feature row: text, window, image text."""
+EMPTY_LOGIT = -12.0
+"""The harm logit of a turn with no text in any channel (an image with nothing readable)."""
 F64 = npt.NDArray[np.float64]
+POOLS = ("last", "max", "mean")
+"""The pools a model may concatenate, in this order."""
 
 
 class HeadOutputs(NamedTuple):
@@ -69,6 +93,8 @@ class ModeratorModel:
     band: tuple[float, float]
     """The uncertain band [lo, hi] in which the optional LLM stage is consulted."""
     metadata: dict[str, Any] = field(default_factory=dict)
+    pools: tuple[str, ...] = ("last", "max")
+    """Which of `POOLS` the second layer reads, in `POOLS` order."""
 
     @property
     def input_dim(self) -> int:
@@ -84,7 +110,8 @@ class ModeratorModel:
     def heads(self, last: F64, pooled_max: F64, pooled_mean: F64) -> HeadOutputs:
         """Head outputs from the latest hidden vectors and the pools, each of shape (n, h)."""
         a = self.arrays
-        joined = np.concatenate([last, pooled_max, pooled_mean], axis=-1)
+        available = {"last": last, "max": pooled_max, "mean": pooled_mean}
+        joined = np.concatenate([available[name] for name in self.pools], axis=-1)
         z = np.maximum(joined @ a["w2"].astype(np.float64) + a["b2"], 0.0)
         harm = z @ a["w_harm"].astype(np.float64) + a["b_harm"]
         return HeadOutputs(
@@ -93,11 +120,26 @@ class ModeratorModel:
             strategy=_softmax(z @ a["w_strat"].astype(np.float64) + a["b_strat"]),
         )
 
+    def turn_harm(self, rows: FloatArray) -> F64:
+        """Each turn's harm logit: the scorer g on every non-empty channel, the highest."""
+        a = self.arrays
+        dim = a["g_w1"].shape[0]
+        channels = rows[:, : CHANNELS * dim].reshape(len(rows), CHANNELS, dim).astype(np.float64)
+        hidden = np.maximum(channels @ a["g_w1"].astype(np.float64) + a["g_b1"], 0.0)
+        logits = (hidden @ a["g_w2"].astype(np.float64)).reshape(len(rows), CHANNELS)
+        logits = logits + float(a["g_b2"].reshape(-1)[0])
+        present = np.abs(channels).sum(axis=-1) > 0
+        return np.asarray(
+            np.where(present, logits, EMPTY_LOGIT).max(axis=1, initial=EMPTY_LOGIT),
+            dtype=np.float64,
+        )
+
     def forward_sequence(self, rows: FloatArray) -> HeadOutputs:
         """Outputs after every turn of one conversation, from its rows (turns, d) in order."""
         h = self.turn_hidden(rows)
         counts = np.arange(1, len(h) + 1, dtype=np.float64)[:, None]
-        return self.heads(h, np.maximum.accumulate(h, axis=0), np.cumsum(h, axis=0) / counts)
+        out = self.heads(h, np.maximum.accumulate(h, axis=0), np.cumsum(h, axis=0) / counts)
+        return out._replace(harm=self.turn_harm(rows))
 
     def step(
         self, row: FloatArray, pool_max: F64 | None, pool_sum: F64 | None, turns: int
@@ -107,7 +149,7 @@ class ModeratorModel:
         new_max = h if pool_max is None else np.maximum(pool_max, h)
         new_sum = h if pool_sum is None else pool_sum + h
         out = self.heads(h[None, :], new_max[None, :], (new_sum / turns)[None, :])
-        return out, new_max, new_sum
+        return out._replace(harm=self.turn_harm(row[None, :])), new_max, new_sum
 
     def calibrate(self, running_max_logit: float | npt.NDArray[np.float64]) -> Any:
         """Risk from the running-maximum harm logit (works on scalars and arrays)."""
@@ -128,6 +170,7 @@ class ModeratorModel:
             "strategies": list(self.strategies),
             "threshold": self.threshold,
             "band": list(self.band),
+            "pools": list(self.pools),
         }
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -142,6 +185,7 @@ class ModeratorModel:
             self.threshold,
             self.band,
             self.metadata,
+            self.pools,
         )
 
     @classmethod
@@ -162,6 +206,9 @@ class ModeratorModel:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             platt = (float(meta["platt"][0]), float(meta["platt"][1]))
             band = (float(meta["band"][0]), float(meta["band"][1]))
+            pools = tuple(str(p) for p in meta.get("pools", POOLS))
+            if not pools or any(p not in POOLS for p in pools):
+                raise ValueError(f"unknown pools {pools}; known: {POOLS}")
             model = cls(
                 arrays,
                 platt,
@@ -170,6 +217,7 @@ class ModeratorModel:
                 float(meta["threshold"]),
                 band,
                 meta,
+                pools,
             )
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise PrerequisiteError(
@@ -184,6 +232,8 @@ class ModeratorModel:
             model.strategies
         ):
             raise PrerequisiteError(f"moderator model {path}: head sizes do not match its labels")
+        if arrays["w2"].shape[0] != len(model.pools) * arrays["w1"].shape[1]:
+            raise PrerequisiteError(f"moderator model {path}: its layers do not match its pools")
         return model
 
 

@@ -10,6 +10,13 @@ per-message caches keyed by text and image hashes. Either way a new turn costs o
 Explicit nudity (NudeNet) is the one signal not learned from data: the training images are all
 typographic. When a turn's image holds explicit nudity with confidence ≥ `nudity_min`, that
 confidence becomes a floor on the risk and the category is `sexual_content`.
+
+Images are the expensive part, and a client chooses how many and how large. `screen` analyses
+a request's new images in the analyzer's bounded pool and waits at most `image_deadline_s`;
+when that passes, or the request is cancelled, the unfinished images are given up on and the
+dialogue is read with them unread (as a remote image is). The text is always screened, the
+result says how many images were not (`images_screened`, `unscreened_images`), and nothing
+read that way is cached: not the images, not the conversation state, not an LLM verdict.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from safeturn.guard.base import STRATEGY_NAMES, ModerationResult, StrategyName
 from safeturn.guard.cache import CachedEncoder, LruCache, message_digest
 from safeturn.guard.encoder import screening_embed
 from safeturn.guard.features import USER_CUES, ConversationState, FloatArray, feature_dim
-from safeturn.guard.images import ImageAnalyzer
+from safeturn.guard.image_pool import ImageBatch
+from safeturn.guard.images import ImageAnalyzer, ImageSignals, current_batch
 from safeturn.guard.llm_stage import LlmStage, LlmVerdict
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import DialogueReader
@@ -73,6 +81,9 @@ class DialogueModerator:
         images: Image signals with their cache (default: OCR bridge + NudeNet).
         nudity_min: NudeNet confidence from which nudity sets a risk floor.
         state_cache: Conversation states kept for the resend path.
+        llm_can_clear: Let the LLM stage clear a fast-stage flag (off: it can only escalate).
+        image_deadline_s: Longest wait for a request's new images in `screen`; after it they
+            are read as unseen and the result says so. None waits for every image (evaluation).
 
     Examples:
         >>> moderator = DialogueModerator(ModeratorModel.load())  # doctest: +SKIP
@@ -95,7 +106,11 @@ class DialogueModerator:
         nudity_min: float = 0.5,
         state_cache: int = 1024,
         llm_can_clear: bool = False,
+        image_deadline_s: float | None = None,
     ) -> None:
+        if image_deadline_s is not None and image_deadline_s <= 0:
+            raise ValueError(f"image_deadline_s must be > 0 or None; got {image_deadline_s}")
+        self.image_deadline_s = image_deadline_s
         self.model = model
         # The LLM reads user text verbatim, so a prompt injection ("moderator note: this is a
         # test") could talk it out of a flag; by default it may only escalate.
@@ -129,6 +144,9 @@ class DialogueModerator:
     ) -> ModerationResult:
         """Read `dialogue` (only its new part) and return the cumulative reading.
 
+        New images are analysed in the image pool for at most `image_deadline_s`; the ones
+        not done by then, or when this call is cancelled, are cancelled and read as unseen.
+
         Args:
             dialogue: The whole conversation so far.
             state: This conversation's state, extended in place; None uses the prefix cache.
@@ -136,12 +154,16 @@ class DialogueModerator:
         Raises:
             ImageError: An image is missing or corrupt (the message names message and image).
         """
-        reading = await asyncio.to_thread(self.read, dialogue, state)
-        result = reading.result
-        lo, hi = self.band
-        if self.llm is None or not lo <= result.risk <= hi or dialogue.n_turns == 0:
-            return result
-        return await self._ask_llm(dialogue, reading)
+        with self.images.batch(self.image_deadline_s) as batch:
+            if dialogue.images:
+                await asyncio.to_thread(self.images.submit, batch, _labelled_images(dialogue))
+                await batch.wait()
+            reading = await asyncio.to_thread(self.read, dialogue, state)
+            result = reading.result
+            lo, hi = self.band
+            if self.llm is not None and lo <= result.risk <= hi and dialogue.n_turns > 0:
+                result = await self._ask_llm(dialogue, reading)
+            return _mark_unscreened(result, batch)
 
     def screen_sync(
         self, dialogue: Dialogue, state: ConversationState | None = None
@@ -151,11 +173,18 @@ class DialogueModerator:
 
     def read(self, dialogue: Dialogue, state: ConversationState | None = None) -> FastReading:
         """The fast stage's reading of `dialogue`, with the head probabilities."""
-        state = self._extend(dialogue, state)
-        return self._reading(state)
+        reading = self._reading(self._extend(dialogue, state))
+        if state is not None and _provisional():
+            state.clear()  # it holds images read as unseen: the next call reads them again
+        return reading
+
+    def warm_up(self) -> None:
+        """Load the image engines now, so the first request's images meet their deadline."""
+        self.images.warm_up()
 
     async def aclose(self) -> None:
-        """Close the LLM stage (the shared encoder stays loaded for the process)."""
+        """Close the LLM stage and the image pool (the shared encoder stays loaded)."""
+        self.images.close()
         if self.llm is not None:
             await self.llm.aclose()
 
@@ -176,7 +205,7 @@ class DialogueModerator:
                 start = cached.copy()
                 break
         extended, _ = self.reader.extend(start, dialogue, self._score_row, digests=digests)
-        if chain:
+        if chain and not _provisional():
             self._states.put(chain[-1], extended.copy())
         return extended
 
@@ -261,7 +290,8 @@ class DialogueModerator:
         if state.image_turns:
             notes.append("image text read in turn(s) " + ", ".join(map(str, state.image_turns)))
         if state.unread_images:
-            notes.append(f"{state.unread_images} remote image(s) not inspected")
+            kind = "image(s) (remote or unscreened)" if _provisional() else "remote image(s)"
+            notes.append(f"{state.unread_images} {kind} not inspected")
         if by_nudity:
             notes.append(f"explicit nudity detected (confidence {state.nudity[-1]:.2f})")
         assert state.cue_sum is not None
@@ -285,7 +315,8 @@ class DialogueModerator:
         try:
             if verdict is None:
                 verdict = await self.llm.judge(dialogue, self._image_text)
-                self._llm_answers.put(key, verdict)
+                if not _provisional():  # a verdict on images read as unseen is not kept
+                    self._llm_answers.put(key, verdict)
         except Exception as exc:  # any failure of the optional stage keeps the fast decision
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
             logger.warning(
@@ -343,6 +374,31 @@ class DialogueModerator:
                 "stage": "llm",
             }
         )
+
+
+def _labelled_images(dialogue: Dialogue) -> list[tuple[ImagePart, str]]:
+    """Every image with the label the reader gives it in errors."""
+    return [
+        (image, f"dialogue message {i} image {j}")
+        for i, message in enumerate(dialogue.messages)
+        for j, image in enumerate(message.images)
+    ]
+
+
+def _provisional() -> bool:
+    """Whether the screening in progress read some image as unseen (then nothing is cached)."""
+    batch = current_batch()
+    return batch is not None and bool(batch.unscreened)
+
+
+def _mark_unscreened(result: ModerationResult, batch: ImageBatch[ImageSignals]) -> ModerationResult:
+    """Say in `result` that images went unscreened, and why (content-free)."""
+    count = len(batch.unscreened)
+    if not count:
+        return result
+    note = f"; {count} image(s) not screened ({batch.why_unscreened()}), read as unseen"
+    update = {"images_screened": False, "unscreened_images": count}
+    return result.model_copy(update=update | {"rationale": result.rationale + note})
 
 
 def _chain(digests: Sequence[str]) -> list[str]:

@@ -36,6 +36,16 @@ class ProxySettings:
     no_auth: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
     image_limits: ImageLimits = DEFAULT_LIMITS
+    max_request_pixels: int = 48_000_000
+    """Sum of width × height over one request's images, checked from headers (413 over it)."""
+    image_deadline_s: float = 3.0
+    """Longest the moderator waits for a request's new images; then they count as unscreened
+    (`on_error` decides what that means). At most half of `moderator_timeout_s` is used, so
+    the text is always screened in time."""
+    image_workers: int = 2
+    """Threads analysing images for all requests together."""
+    ocr_threads: int | None = 1
+    """ONNX Runtime threads per OCR / NudeNet call; None: `SAFETURN_OCR_THREADS` or all cores."""
     upstream_timeout_s: float = 120.0
     upstream_retries: int = 1
     upstream_key_env: str = "OPENAI_API_KEY"
@@ -60,6 +70,12 @@ class ProxySettings:
             )
         if self.token is not None and len(self.token) < 16:
             raise PrerequisiteError(f"{TOKEN_ENV} is too short: use at least 16 characters")
+        if self.image_deadline_s <= 0:
+            raise PrerequisiteError(f"the image deadline must be > 0; got {self.image_deadline_s}")
+        if self.max_request_pixels < 1 or self.image_workers < 1:
+            raise PrerequisiteError("the request pixel budget and image workers must be >= 1")
+        if self.ocr_threads is not None and self.ocr_threads < 1:
+            raise PrerequisiteError(f"OCR threads must be >= 1; got {self.ocr_threads}")
 
     def description(self) -> dict[str, Any]:
         """A secret-free description of the server, stored as its run's config."""
@@ -73,10 +89,18 @@ class ProxySettings:
             "max_body_bytes": self.max_body_bytes,
             "upstream_timeout_s": self.upstream_timeout_s,
             "moderator_timeout_s": self.moderator_timeout_s,
+            "max_request_pixels": self.max_request_pixels,
+            "image_deadline_s": self.image_deadline_s,
+            "image_workers": self.image_workers,
+            "ocr_threads": self.ocr_threads,
             "store_content": self.store_content,
             "served_model": self.served_name(),
             "policies": None if self.policies is None else str(self.policies),
         }
+
+    def effective_image_deadline_s(self) -> float:
+        """The image deadline, capped at half the moderator timeout (the text needs the rest)."""
+        return min(self.image_deadline_s, self.moderator_timeout_s / 2)
 
     def served_name(self) -> str:
         """The one model name this proxy answers to."""

@@ -15,11 +15,13 @@ import numpy as np
 
 from safeturn.guard.cache import CachedEncoder, image_digest, message_digest
 from safeturn.guard.features import (
+    WINDOW_TURNS,
     ConversationState,
     FloatArray,
     TurnRecord,
     assistant_cues,
     user_cues,
+    window_text,
 )
 from safeturn.guard.images import ImageAnalyzer, ImageSignals
 from safeturn.schema import Dialogue, ImagePart, Message
@@ -84,7 +86,8 @@ class DialogueReader:
             ]
             for i, m in new
         }
-        texts = [m.text for i, m in new if m.role == "user"]
+        windows = _windows(state.recent_user, [m.text for _, m in new if m.role == "user"])
+        texts = [m.text for i, m in new if m.role == "user"] + windows
         texts += [m.text for i, m in new if m.role == "system" and m.text.strip()]
         texts += [s.text for found in signals.values() for s in found if s.text.strip()]
         vectors = dict(zip(texts, self.encoder.encode(texts), strict=True))
@@ -99,22 +102,36 @@ class DialogueReader:
                 elif message.text.strip():
                     state.pending_context.append(message.text)
                 continue
-            record = _record(message, [*state.pending_images, *signals[i]], vectors, state)
+            window = vectors[windows.pop(0)]
+            record = _record(message, [*state.pending_images, *signals[i]], vectors, window, state)
             state.pending_assistant, state.pending_context, state.pending_images = [], [], []
+            state.recent_user = [*state.recent_user, message.text][-(WINDOW_TURNS - 1) :]
             on_row(state, state.advance(record))
         return state, reused
+
+
+def _windows(recent: list[str], texts: list[str]) -> list[str]:
+    """The window text of each new user text, in order, continuing from `recent`."""
+    out = []
+    previous = list(recent)
+    for text in texts:
+        out.append(window_text(text, previous))
+        previous.append(text)
+    return out
 
 
 def _record(
     message: Message,
     signals: list[ImageSignals],
     vectors: dict[str, FloatArray],
+    window: FloatArray,
     state: ConversationState,
 ) -> TurnRecord:
     text = message.text
     context = [vectors[t] for t in state.pending_context]
     return TurnRecord(
         text_vector=vectors[text],
+        window_vector=window,
         chars=len(text.strip()),
         images=tuple(signals),
         image_vectors=(*context, *(vectors[s.text] for s in signals if s.text.strip())),
@@ -145,6 +162,8 @@ def prime(
     images: dict[str, tuple[ImagePart, str]] = {}
     texts: dict[str, None] = {}
     for n, dialogue in enumerate(dialogues):
+        users = [m.text for m in dialogue.messages if m.role == "user"]
+        texts.update(dict.fromkeys(_windows([], users)))
         for i, message in enumerate(dialogue.messages):
             if message.role == "assistant":
                 continue

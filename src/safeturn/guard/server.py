@@ -7,11 +7,20 @@ but `/healthz`; a body-size limit (413) checked before parsing; the schema's ima
 upstream timeouts; no remote image fetching. The client's token is never sent upstream; the
 upstream key is read from the environment by the upstream client alone.
 
-Failures: with `on_error="closed"` a failing moderator or reply screen yields a refusal
-completion (HTTP 200, `finish_reason: "content_filter"`, `safeturn.error` set); `open` lets the
-request through unscreened. An upstream failure has no reply to pass on in either mode and is an
-OpenAI-shaped error: 502, or 504 on timeout. Every screened request is a row in
-`guard_decisions` and a JSON log line, neither holding message content unless asked for.
+Images cost the moderator real CPU, so they are bounded twice: a per-request pixel budget
+(`max_request_pixels`, summed from the headers before anything is decoded; 413 names the image
+that goes over it) and an image deadline in the moderator, after which unread images count as
+unscreened.
+
+Failures: with `on_error="closed"` a failing moderator or reply screen, or unscreened images,
+yield a refusal completion (HTTP 200, `finish_reason: "content_filter"`, `safeturn.error` set);
+`open` follows `GuardedModel`'s rules: never a flagged or near-threshold request unchanged, the
+default safety policy injected otherwise. A response that was not fully screened carries
+`x-safeturn-unscreened: images` (or `dialogue` when the moderator failed). An upstream failure
+has no reply to pass on in either mode and is an OpenAI-shaped error: 502, or 504 on timeout;
+the log names only the exception type and HTTP status, since an upstream's error body may echo
+the user's messages. Every screened request is a row in `guard_decisions` and a JSON log line,
+neither holding message content unless asked for.
 """
 
 from __future__ import annotations
@@ -46,7 +55,6 @@ from safeturn.guard.wire import (
     stream_events,
 )
 from safeturn.models.base import ChatModel
-from safeturn.redact import redact_url_credentials
 from safeturn.schema import Dialogue, GuardInfo, ImagePart, Reply
 
 logger = logging.getLogger(__name__)
@@ -164,19 +172,34 @@ async def _chat(proxy: _Proxy, request: Request) -> Response:
         raise WireError(404, message, code="model_not_found")
     dialogue = parse_dialogue(chat)
     if dialogue.images:
-        await asyncio.to_thread(check_images, dialogue, settings.image_limits)
+        await asyncio.to_thread(
+            check_images,
+            dialogue,
+            settings.image_limits,
+            max_request_pixels=settings.max_request_pixels,
+        )
     decision_id = uuid.uuid4().hex
     try:
         reply = await proxy.guarded.generate(dialogue, chat.params(settings.default_max_tokens))
     except UpstreamError as exc:
         status, outcome = (504, "upstream_timeout") if exc.timed_out else (502, "upstream_error")
-        # The client gets a generic error; the operator needs the cause (a wrong key, a down
-        # server). Backend errors already have keys scrubbed from echoed bodies.
-        cause = redact_url_credentials(str(exc.__cause__ or exc))
+        # The client gets a generic error; the operator gets the exception type and the HTTP
+        # status (a wrong key, a down server), never the message: an upstream's error body can
+        # echo the user's messages back.
+        cause = exc.__cause__ or exc
+        status_code = getattr(cause, "status", None)
         logger.warning(
-            "upstream failed: %s",
-            cause,
-            extra={"fields": {"event": "upstream_error", "decision_id": decision_id}},
+            "upstream failed (%s%s)",
+            type(cause).__name__,
+            f", HTTP {status_code}" if isinstance(status_code, int) else "",
+            extra={
+                "fields": {
+                    "event": "upstream_error",
+                    "decision_id": decision_id,
+                    "error_type": type(cause).__name__,
+                    "upstream_status": status_code if isinstance(status_code, int) else None,
+                }
+            },
         )
         _record(proxy, decision_id, exc.guard, None, dialogue, chat.stream, status, outcome, start)
         message = "the upstream model timed out" if exc.timed_out else "the upstream model failed"
@@ -187,6 +210,9 @@ async def _chat(proxy: _Proxy, request: Request) -> Response:
     extra = _client_view(info, decision_id, expose_scores=settings.expose_scores)
     completion_id = f"chatcmpl-{decision_id}"
     headers = {"x-safeturn-decision": decision_id}
+    unscreened = _unscreened(info)
+    if unscreened is not None:
+        headers["x-safeturn-unscreened"] = unscreened
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         events = stream_events(
@@ -199,6 +225,13 @@ async def _chat(proxy: _Proxy, request: Request) -> Response:
         return StreamingResponse(_aiter(events), media_type="text/event-stream", headers=headers)
     body = completion_body(reply, completion_id=completion_id, model=served, extra=extra)
     return JSONResponse(body, headers=headers)
+
+
+def _unscreened(info: GuardInfo) -> str | None:
+    """What went unscreened: `dialogue` (the moderator failed), `images`, or None."""
+    if info.risk is None and info.error is not None and info.error.startswith("moderator"):
+        return "dialogue"
+    return None if info.images_screened else "images"
 
 
 async def _aiter(events: Iterator[str]) -> AsyncIterator[str]:
@@ -291,6 +324,7 @@ def _record(
         content=_content(dialogue, reply) if settings.store_content else None,
     )
     fields = {k: v for k, v in vars(decision).items() if k not in ("content", "created_at")}
+    fields["unscreened_images"] = info.unscreened_images  # the row has it in `error`
     logger.info("guard decision", extra={"fields": {"event": "decision", **fields}})
     if proxy.decisions is not None and not proxy.decisions.submit(decision):
         metrics.failures.labels("store").inc()
@@ -317,6 +351,7 @@ def _client_view(info: GuardInfo, decision_id: str, *, expose_scores: bool) -> d
         "flagged": info.flagged,
         "category": info.category,
         "error": info.error,
+        "images_screened": info.images_screened,
     }
     if expose_scores:
         view |= {
@@ -353,7 +388,15 @@ def _open_proxy(
     if moderator is None:
         from safeturn.guard.spec import load_moderator
 
-        moderator = load_moderator(settings.moderator)
+        moderator = load_moderator(
+            settings.moderator,
+            image_deadline_s=settings.effective_image_deadline_s(),
+            image_workers=settings.image_workers,
+            ocr_threads=settings.ocr_threads,
+        )
+        warm_up = getattr(moderator, "warm_up", None)
+        if warm_up is not None:
+            warm_up()  # engines load now, not inside the first request's image deadline
     policies = None if settings.policies is None else PolicyLibrary.from_file(settings.policies)
     guarded = GuardedModel(
         model,

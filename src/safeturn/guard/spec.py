@@ -30,7 +30,18 @@ from safeturn.redact import redact_url_credentials
 
 _MARKERS: tuple[tuple[str, LlmMode], ...] = (("+llm=", "prompt"), ("+llama-guard=", "llama-guard"))
 _OPTIONS = frozenset(
-    {"threshold", "band", "policies", "nudity", "attach_images", "llm_timeout_s", "cache_size"}
+    {
+        "threshold",
+        "band",
+        "policies",
+        "nudity",
+        "attach_images",
+        "llm_timeout_s",
+        "cache_size",
+        "image_deadline_s",
+        "image_workers",
+        "ocr_threads",
+    }
 )
 
 
@@ -74,7 +85,10 @@ def load_moderator(spec: str = "embedded", **options: Any) -> Moderator:
             `policies` (a `PolicyLibrary`, a policy file path, or None for none; default: the
             shipped library), `nudity` (False switches the NudeNet signal off),
             `attach_images` (send images to the LLM stage too), `llm_timeout_s`,
-            `cache_size` (conversation states and LLM answers kept).
+            `cache_size` (conversation states and LLM answers kept), `image_deadline_s`
+            (longest wait for a screening's new images; default none), `image_workers`
+            (image pool threads, default 2), `ocr_threads` (ONNX Runtime threads for OCR and
+            NudeNet; default `SAFETURN_OCR_THREADS`, else all cores).
 
     Raises:
         ModelSpecError: Malformed spec, unknown option, or a model path that does not exist.
@@ -108,8 +122,13 @@ def load_moderator(spec: str = "embedded", **options: Any) -> Moderator:
         policies = PolicyLibrary.default()
     elif isinstance(policies, str | Path):
         policies = PolicyLibrary.from_file(Path(policies))
-    images = ImageAnalyzer(nudity=no_nudity) if options.get("nudity", True) is False else None
+    images = ImageAnalyzer(
+        nudity=no_nudity if options.get("nudity", True) is False else None,
+        threads=options.get("ocr_threads"),
+        workers=int(options.get("image_workers", 2)),
+    )
     band = options.get("band")
+    deadline = options.get("image_deadline_s")
     return DialogueModerator(
         model,
         name=redact_url_credentials(spec.strip()),
@@ -120,4 +139,5 @@ def load_moderator(spec: str = "embedded", **options: Any) -> Moderator:
         images=images,
         state_cache=int(options.get("cache_size", 1024)),
         llm_can_clear=bool(options.get("llm_can_clear", False)),
+        image_deadline_s=None if deadline is None else float(deadline),
     )

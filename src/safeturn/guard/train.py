@@ -5,19 +5,23 @@ image once, embeddings of every distinct text once), read every dialogue into pe
 feature rows through the same `ConversationState` the moderator uses, fit the network (torch,
 AdamW, early stopping on the validation loss), round it to float16 as it will be stored,
 calibrate the running-max harm logit by Platt scaling on validation, pick the threshold that
-flags at most 5 % of benign validation dialogues, evaluate on the test seeds, and save the
-model with its metadata (data counts, plan, seeds, timings, metrics).
+flags at most 5 % of the benign validation dialogues of *each* benign source (a pooled rate
+hides a source the guard over-flags), evaluate on the test seeds, and save the model with its
+metadata (data counts, plan, seeds, timings, metrics, the per-source validation rates).
+`leave_out` drops whole sources from every split: `loso.py` uses it to measure how the model
+does on a source it never saw.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -27,29 +31,34 @@ from safeturn.guard.base import STRATEGY_NAMES
 from safeturn.guard.cache import CachedEncoder
 from safeturn.guard.dataset import (
     DEFAULT_CAPS,
+    SPLITS,
     GuardExample,
     SeedPlan,
-    build_examples,
     counts,
-    load_seed_pool,
+    load_examples,
 )
 from safeturn.guard.evaluate import evaluate_examples
-from safeturn.guard.features import ConversationState, FloatArray, feature_dim
+from safeturn.guard.features import SCALAR_NAMES, ConversationState, FloatArray, feature_dim
 from safeturn.guard.images import ImageAnalyzer, no_nudity
-from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
+from safeturn.guard.model import CHANNELS, DEFAULT_MODEL_PATH, EMPTY_LOGIT, POOLS, ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.reader import DialogueReader, Progress, prime, stack_rows
 from safeturn.judges.embedder import EMBEDDER_PIN, EMBEDDING_DIM, embed
-from safeturn.metrics.roc import auroc, threshold_at_fpr
+from safeturn.metrics.roc import auroc, rate, threshold_at_fpr
 from safeturn.taxonomy import Category
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 CATEGORIES = tuple(c.value for c in Category)
 LABEL_RULE = (
-    "a prefix of a harmful dialogue is harmful from the first turn whose text, image or "
+    "a prefix of a built harmful dialogue is harmful from the first turn whose text, image or "
     "preceding assistant text carries the seed's question, instruction or subject; benign "
-    "before that (the same template text as in benign twins); benign dialogues never"
+    "before that (the same template text as in benign twins); a harmful dialogue written by "
+    "people (hh-rlhf) labels only its whole, the earlier prefixes are unlabelled; benign "
+    "dialogues never"
 )
 
 
@@ -79,6 +88,18 @@ class TrainConfig:
     """The shipped threshold flags at most this share of benign validation dialogues."""
     band_fprs: tuple[float, float] = (0.20, 0.01)
     """The LLM band: from the threshold at 20 % benign FPR up to the one at 1 %."""
+    pools: tuple[str, ...] = ("last", "max")
+    """What the second layer reads of the turns so far (see `model.py`)."""
+    scorer_hidden: int = 64
+    """Hidden units of the harm scorer g shared by the embedding channels."""
+    scorer_dropout: float = 0.3
+    scorer_weight_decay: float = 1e-2
+    natural_harmful_weight: float = 1.0
+    """Loss weight of a harmful dialogue written by people (hh-rlhf). Their label is noisy:
+    some red-teamers only ask mild questions, and at full weight the scorer learns that any
+    casual "how can I ..." is harmful."""
+    leave_out: tuple[str, ...] = ()
+    """Sources left out of every split (leave-one-source-out runs)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_fraction <= 1.0:
@@ -88,6 +109,8 @@ class TrainConfig:
         unknown = sorted(set(self.caps) - set(DEFAULT_CAPS))
         if unknown:
             raise ValueError(f"unknown seed sources {unknown}; known: {sorted(DEFAULT_CAPS)}")
+        if not self.pools or any(p not in POOLS for p in self.pools):
+            raise ValueError(f"pools must be a non-empty subset of {POOLS}, got {self.pools}")
 
     def plan(self) -> SeedPlan:
         """The seed plan of this run."""
@@ -104,6 +127,7 @@ class Rows(NamedTuple):
 
     x: FloatArray
     harm: npt.NDArray[np.float32]
+    """1 harmful so far, 0 benign, NaN unlabelled (early prefixes of a natural harmful one)."""
     category: npt.NDArray[np.int64]
     """Index into `CATEGORIES`; -1 where the row is not harmful or the category is unknown."""
     strategy: npt.NDArray[np.int64]
@@ -127,7 +151,7 @@ def featurize(reader: DialogueReader, examples: Sequence[GuardExample]) -> Rows:
         labels = example.labels()
         cat = CATEGORIES.index(example.category.value) if example.category else -1
         strat = STRATEGY_NAMES.index(example.strategy)
-        harm += [float(y) for y in labels]
+        harm += [float("nan") if y is None else float(y) for y in labels]
         cats += [cat if y else -1 for y in labels]
         strats += [strat] * len(labels)
         owner += [index] * len(labels)
@@ -137,6 +161,22 @@ def featurize(reader: DialogueReader, examples: Sequence[GuardExample]) -> Rows:
         np.asarray(cats, dtype=np.int64),
         np.asarray(strats, dtype=np.int64),
         np.asarray(owner, dtype=np.int64),
+    )
+
+
+def take(rows: Rows, keep: Sequence[int]) -> Rows:
+    """The rows of the examples `keep` (indices into the list `rows` was built from).
+
+    `example` is renumbered to positions in `keep`: the result is the rows of
+    `[examples[i] for i in keep]`, in that order.
+    """
+    position = np.full(int(rows.example.max(initial=-1)) + 1, -1, dtype=np.int64)
+    position[np.asarray(keep, dtype=np.int64)] = np.arange(len(keep))
+    new = position[rows.example]
+    order = np.flatnonzero(new >= 0)
+    order = order[np.argsort(new[order], kind="stable")]
+    return Rows(
+        rows.x[order], rows.harm[order], rows.category[order], rows.strategy[order], new[order]
     )
 
 
@@ -166,6 +206,47 @@ def _padded(rows: Rows, mean: FloatArray, scale: FloatArray) -> dict[str, Any]:
     }
 
 
+def _early_stopped(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    val_loss: Callable[[], torch.Tensor],
+    n: int,
+    config: TrainConfig,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Minibatch epochs over `n` dialogues until the validation loss stops improving.
+
+    Returns:
+        The state dict of the best epoch, and the number of epochs run.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(config.seed)
+    best: dict[str, torch.Tensor] | None = None
+    best_loss, stale, epochs = float("inf"), 0, 0
+    for epoch in range(1, config.max_epochs + 1):
+        net.train()
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, config.batch_size):
+            optimizer.zero_grad()
+            batch_loss(order[start : start + config.batch_size]).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            loss = float(val_loss())
+        epochs = epoch
+        logger.info("epoch %d: validation loss %.4f", epoch, loss)
+        if loss < best_loss - 1e-4:
+            best_loss, stale = loss, 0
+            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    assert best is not None
+    return best, epochs
+
+
 def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, FloatArray], int]:
     """Fit the per-turn layer, the pooled layer and the heads (see `model.py`).
 
@@ -184,10 +265,11 @@ def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, 
     mean = train.x.mean(axis=0)
     scale = np.maximum(train.x.std(axis=0), 1e-4).astype(np.float32)
     h, h2 = config.hidden, config.hidden2
+    pools = [p for p in POOLS if p in config.pools]
     net = nn.ModuleDict(
         {
             "lin1": nn.Linear(train.x.shape[1], h),
-            "lin2": nn.Linear(3 * h, h2),
+            "lin2": nn.Linear(len(pools) * h, h2),
             "harm": nn.Linear(h2, 1),
             "cat": nn.Linear(h2, len(CATEGORIES)),
             "strat": nn.Linear(h2, len(STRATEGY_NAMES)),
@@ -195,17 +277,26 @@ def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, 
     )
     drop = nn.Dropout(config.dropout)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    positives = float(train.harm.sum())
-    pos_weight = torch.tensor([(len(train.harm) - positives) / max(positives, 1.0)])
+    labelled = ~np.isnan(train.harm)
+    positives = float(train.harm[labelled].sum())
+    pos_weight = torch.tensor([(labelled.sum() - positives) / max(positives, 1.0)])
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor:
         hidden = drop(torch.relu(net["lin1"](batch["x"])))
         turns = torch.arange(1, hidden.shape[1] + 1, dtype=hidden.dtype)[None, :, None]
-        pooled = [hidden, torch.cummax(hidden, dim=1).values, torch.cumsum(hidden, 1) / turns]
+        pooled: list[torch.Tensor] = []
+        for name in pools:
+            if name == "last":
+                pooled.append(hidden)
+            elif name == "max":
+                pooled.append(torch.cummax(hidden, dim=1).values)
+            else:
+                pooled.append(torch.cumsum(hidden, 1) / turns)
         z = drop(torch.relu(net["lin2"](torch.cat(pooled, dim=-1))))
         mask = batch["mask"]
+        known = mask & ~torch.isnan(batch["harm"])
         harm = nn.functional.binary_cross_entropy_with_logits(
-            net["harm"](z).squeeze(-1)[mask], batch["harm"][mask], pos_weight=pos_weight
+            net["harm"](z).squeeze(-1)[known], batch["harm"][known], pos_weight=pos_weight
         )
         strat = nn.functional.cross_entropy(net["strat"](z)[mask], batch["strat"][mask])
         total = harm + config.strategy_weight * strat
@@ -217,32 +308,15 @@ def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, 
         return total
 
     train_t, val_t = _padded(train, mean, scale), _padded(val, mean, scale)
-    generator = torch.Generator().manual_seed(config.seed)
-    best: dict[str, Any] | None = None
-    best_loss, stale, epochs = float("inf"), 0, 0
-    for epoch in range(1, config.max_epochs + 1):
-        net.train()
-        drop.train()
-        order = torch.randperm(len(train_t["x"]), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            pick = order[start : start + config.batch_size]
-            optimizer.zero_grad()
-            loss_of({k: v[pick] for k, v in train_t.items()}).backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-        net.eval()
-        drop.eval()
-        with torch.no_grad():
-            val_loss = float(loss_of(val_t))
-        epochs = epoch
-        logger.info("epoch %d: validation loss %.4f", epoch, val_loss)
-        if val_loss < best_loss - 1e-4:
-            best_loss, stale = val_loss, 0
-            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    assert best is not None
+    best, epochs = _early_stopped(
+        nn.ModuleList([net, drop]),
+        optimizer,
+        lambda pick: loss_of({k: v[pick] for k, v in train_t.items()}),
+        lambda: loss_of(val_t),
+        len(train_t["x"]),
+        config,
+    )
+    best = {k.removeprefix("0."): v for k, v in best.items()}
     arrays = {"mean": mean, "scale": scale}
     for name, key in (("1", "lin1"), ("2", "lin2"), ("_harm", "harm"), ("_cat", "cat")):
         arrays[f"w{name}"] = best[f"{key}.weight"].numpy().T
@@ -250,6 +324,85 @@ def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, 
     arrays["w_strat"] = best["strat.weight"].numpy().T
     arrays["b_strat"] = best["strat.bias"].numpy()
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, epochs
+
+
+def fit_scorer(
+    train: Rows,
+    val: Rows,
+    config: TrainConfig,
+    dim: int,
+    weights: npt.NDArray[np.float32] | None = None,
+) -> dict[str, FloatArray]:
+    """Fit the harm scorer g on the embedding channels (see `model.py`).
+
+    A prefix's logit is the running maximum over its turns of the highest channel logit, the
+    same computation `ModeratorModel.turn_harm` and the moderator make; the loss is the
+    class-weighted log loss on every labelled prefix (times the dialogue's weight in
+    `weights`, one per dialogue of `train`), with early stopping on validation.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(config.seed)
+
+    def padded(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        channels = rows.x[:, : CHANNELS * dim].reshape(len(rows.x), CHANNELS, dim)
+        bounds = np.flatnonzero(np.diff(rows.example)) + 1
+        groups = np.split(np.arange(len(rows.harm)), bounds) if len(rows.harm) else []
+        longest = max((len(g) for g in groups), default=1)
+        x = np.zeros((len(groups), longest, CHANNELS, dim), dtype=np.float32)
+        y = np.full((len(groups), longest), np.nan, dtype=np.float32)
+        for i, index in enumerate(groups):
+            x[i, : len(index)], y[i, : len(index)] = channels[index], rows.harm[index]
+        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(~np.isnan(y))
+
+    net = nn.Sequential(
+        nn.Linear(dim, config.scorer_hidden),
+        nn.ReLU(),
+        nn.Dropout(config.scorer_dropout),
+        nn.Linear(config.scorer_hidden, 1),
+    )
+    floor = torch.tensor(EMPTY_LOGIT)
+
+    def prefix_logits(x: torch.Tensor) -> torch.Tensor:
+        logits = net(x).squeeze(-1)
+        logits = torch.where(x.abs().sum(-1) > 0, logits, floor).max(dim=-1).values
+        return torch.cummax(logits, dim=1).values
+
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=config.lr, weight_decay=config.scorer_weight_decay
+    )
+    (xt, yt, kt), (xv, yv, kv) = padded(train), padded(val)
+    wt = torch.ones(len(xt)) if weights is None else torch.from_numpy(weights.astype(np.float32))
+    positives = float((yt * wt[:, None])[kt].sum())
+    total = float((kt * wt[:, None]).sum())
+    pos_weight = torch.tensor([(total - positives) / max(positives, 1.0)])
+
+    def loss_of(
+        logits: torch.Tensor, y: torch.Tensor, known: torch.Tensor, w: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        each = nn.functional.binary_cross_entropy_with_logits(
+            logits[known], y[known], pos_weight=pos_weight, reduction="none"
+        )
+        if w is None:
+            return each.mean()
+        row_w = w[:, None].expand_as(y)[known]
+        return (each * row_w).sum() / row_w.sum()
+
+    best, _epochs = _early_stopped(
+        net,
+        optimizer,
+        lambda pick: loss_of(prefix_logits(xt[pick]), yt[pick], kt[pick], wt[pick]),
+        lambda: loss_of(prefix_logits(xv), yv, kv),
+        len(xt),
+        config,
+    )
+    return {
+        "g_w1": best["0.weight"].numpy().T,
+        "g_b1": best["0.bias"].numpy(),
+        "g_w2": best["3.weight"].numpy().T,
+        "g_b2": best["3.bias"].numpy(),
+    }
 
 
 def running_max_logits(model: ModeratorModel, rows: Rows) -> npt.NDArray[np.float64]:
@@ -265,6 +418,8 @@ def fit_platt(z: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> tuple[f
     """Platt scaling: (a, b) minimising the log loss of sigmoid(a z + b) (L-BFGS)."""
     import torch
 
+    known = ~np.isnan(y)
+    z, y = z[known], y[known]
     zt, yt = torch.from_numpy(z.astype(np.float64)), torch.from_numpy(y.astype(np.float64))
     a = torch.ones(1, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -281,7 +436,8 @@ def fit_platt(z: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> tuple[f
 
 
 def _log_loss(p: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    known = ~np.isnan(y)
+    p, y = np.clip(p[known], 1e-7, 1 - 1e-7), y[known]
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
@@ -295,6 +451,131 @@ def _dialogue_scores(
         np.array([examples[i].harmful for i in order], dtype=bool),
         np.array([risks[last[i]] for i in order], dtype=np.float64),
     )
+
+
+class Prepared(NamedTuple):
+    """Every labelled dialogue of a plan, read once into feature rows (shared by LOSO folds)."""
+
+    examples: list[GuardExample]
+    rows: Rows
+    """Rows of `examples`, in order."""
+    reader: DialogueReader
+    timings: dict[str, float]
+
+
+def prepare(
+    config: TrainConfig,
+    *,
+    progress: Progress | None = None,
+    encoder: CachedEncoder | None = None,
+    analyzer: ImageAnalyzer | None = None,
+) -> Prepared:
+    """Build the plan's dialogues (minus `leave_out`), prime the caches and featurize them all.
+
+    Raises:
+        PrerequisiteError: The data is missing.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    examples = [
+        e
+        for e in load_examples(config.data_root, config.plan())
+        if e.source not in config.leave_out
+    ]
+    timings["build_s"] = time.perf_counter() - clock
+    encoder = encoder or CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
+    analyzer = analyzer or ImageAnalyzer(nudity=no_nudity, capacity=None)
+    reader = DialogueReader(encoder, analyzer)
+    clock = time.perf_counter()
+    prime(reader, [e.sample.dialogue for e in examples], progress)
+    timings["prime_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    rows = featurize(reader, examples)
+    timings["features_s"] = time.perf_counter() - clock
+    return Prepared(examples, rows, reader, timings)
+
+
+def source_thresholds(
+    final: npt.NDArray[np.float64],
+    harmful: npt.NDArray[np.bool_],
+    sources: Sequence[str],
+    fpr: float,
+) -> dict[str, float]:
+    """Per benign source, the lowest threshold flagging at most `fpr` of its dialogues."""
+    names = np.asarray(sources)
+    return {
+        source: threshold_at_fpr(final[~harmful & (names == source)], fpr)
+        for source in sorted(set(names[~harmful].tolist()))
+    }
+
+
+def fit_model(
+    train_rows: Rows,
+    train_examples: Sequence[GuardExample],
+    val_rows: Rows,
+    val_examples: Sequence[GuardExample],
+    config: TrainConfig,
+) -> tuple[ModeratorModel, dict[str, Any]]:
+    """Fit, round, calibrate and set the threshold and band; (model, validation report).
+
+    The threshold is the highest of the per-benign-source thresholds at `target_fpr`, so no
+    benign source seen in validation is flagged more often than that; the band is set the same
+    way at `band_fprs`.
+    """
+    arrays, epochs = fit_network(train_rows, val_rows, config)
+    dim = (train_rows.x.shape[1] - len(SCALAR_NAMES)) // CHANNELS
+    weights = np.array(
+        [config.natural_harmful_weight if e.natural and e.harmful else 1.0 for e in train_examples],
+        dtype=np.float32,
+    )
+    arrays |= fit_scorer(train_rows, val_rows, config, dim, weights)
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    pools = tuple(p for p in POOLS if p in config.pools)
+    draft = ModeratorModel(
+        arrays, (1.0, 0.0), CATEGORIES, STRATEGY_NAMES, 0.5, (0.0, 1.0), pools=pools
+    ).rounded()
+    val_z = running_max_logits(draft, val_rows)
+    platt = fit_platt(val_z, val_rows.harm)
+    calibrated = ModeratorModel(
+        arrays, platt, CATEGORIES, STRATEGY_NAMES, 0.5, (0.0, 1.0), pools=pools
+    ).rounded()
+    val_risk = np.asarray(calibrated.calibrate(val_z), dtype=np.float64)
+    harmful, final = _dialogue_scores(val_risk, val_rows, val_examples)
+    sources = [e.source for e in val_examples]
+    per_source = source_thresholds(final, harmful, sources, config.target_fpr)
+    threshold = min(max(per_source.values(), default=0.5), 1.0)
+    lo = min(
+        max(source_thresholds(final, harmful, sources, config.band_fprs[0]).values()), threshold
+    )
+    hi = max(
+        max(source_thresholds(final, harmful, sources, config.band_fprs[1]).values()), threshold
+    )
+    names = np.asarray(sources)
+    labelled = ~np.isnan(val_rows.harm)
+    report = {
+        "epochs": epochs,
+        "prefix_log_loss_before_platt": _log_loss(1 / (1 + np.exp(-val_z)), val_rows.harm),
+        "prefix_log_loss": _log_loss(val_risk, val_rows.harm),
+        "prefix_auroc": auroc(val_rows.harm[labelled] > 0.5, val_risk[labelled]),
+        "dialogue_auroc": auroc(harmful, final),
+        "dialogue_tpr_at_threshold": float(np.mean(final[harmful] >= threshold)),
+        "dialogue_fpr_at_threshold": float(np.mean(final[~harmful] >= threshold)),
+        "dialogue_share_in_band": float(np.mean((final >= lo) & (final <= hi))),
+        "benign_source_thresholds": per_source,
+        "by_source": {
+            source: {
+                "harmful": int((harmful & (names == source)).sum()),
+                "benign": int((~harmful & (names == source)).sum()),
+                "tpr": rate(final[harmful & (names == source)] >= threshold),
+                "fpr": rate(final[~harmful & (names == source)] >= threshold),
+            }
+            for source in sorted(set(sources))
+        },
+    }
+    model = ModeratorModel(
+        calibrated.arrays, platt, CATEGORIES, STRATEGY_NAMES, threshold, (lo, hi), pools=pools
+    )
+    return model, report
 
 
 def train(
@@ -321,71 +602,32 @@ def train(
     Raises:
         PrerequisiteError: The data is missing, or a split came out empty.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    plan = config.plan()
-    examples = build_examples(load_seed_pool(config.data_root, plan), plan)
-    by_split = {s: [e for e in examples if e.split == s] for s in ("train", "validation", "test")}
+    prepared = prepare(config, progress=progress, encoder=encoder, analyzer=analyzer)
+    examples, timings = prepared.examples, prepared.timings
+    index = {s: [i for i, e in enumerate(examples) if e.split == s] for s in SPLITS}
+    by_split = {s: [examples[i] for i in keep] for s, keep in index.items()}
     for name, part in by_split.items():
         if not part or all(e.harmful for e in part) or not any(e.harmful for e in part):
             raise PrerequisiteError(f"the {name} split has no harmful/benign mix; add seeds")
-    timings["build_s"] = time.perf_counter() - clock
-
-    encoder = encoder or CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
-    analyzer = analyzer or ImageAnalyzer(nudity=no_nudity, capacity=None)
-    reader = DialogueReader(encoder, analyzer)
+    rows = {name: take(prepared.rows, keep) for name, keep in index.items()}
     clock = time.perf_counter()
-    prime(reader, [e.sample.dialogue for e in examples], progress)
-    timings["prime_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    rows = {name: featurize(reader, part) for name, part in by_split.items()}
-    timings["features_s"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    arrays, epochs = fit_network(rows["train"], rows["validation"], config)
-    timings["fit_s"] = time.perf_counter() - clock
-    draft = ModeratorModel(
-        arrays, (1.0, 0.0), CATEGORIES, STRATEGY_NAMES, 0.5, (0.0, 1.0)
-    ).rounded()
-    val_z = running_max_logits(draft, rows["validation"])
-    platt = fit_platt(val_z, rows["validation"].harm)
-    calibrated = ModeratorModel(
-        arrays, platt, CATEGORIES, STRATEGY_NAMES, 0.5, (0.0, 1.0)
-    ).rounded()
-    val_risk = np.asarray(calibrated.calibrate(val_z), dtype=np.float64)
-    harmful, final = _dialogue_scores(val_risk, rows["validation"], by_split["validation"])
-    threshold = threshold_at_fpr(final[~harmful], config.target_fpr)
-    lo = min(threshold_at_fpr(final[~harmful], config.band_fprs[0]), threshold)
-    hi = max(threshold_at_fpr(final[~harmful], config.band_fprs[1]), threshold)
-    validation = {
-        "prefix_log_loss_before_platt": _log_loss(
-            1 / (1 + np.exp(-val_z)), rows["validation"].harm
-        ),
-        "prefix_log_loss": _log_loss(val_risk, rows["validation"].harm),
-        "prefix_auroc": auroc(rows["validation"].harm > 0.5, val_risk),
-        "dialogue_auroc": auroc(harmful, final),
-        "dialogue_tpr_at_threshold": float(np.mean(final[harmful] >= threshold)),
-        "dialogue_fpr_at_threshold": float(np.mean(final[~harmful] >= threshold)),
-        "dialogue_share_in_band": float(np.mean((final >= lo) & (final <= hi))),
-    }
-    model = ModeratorModel(
-        calibrated.arrays,
-        platt,
-        CATEGORIES,
-        STRATEGY_NAMES,
-        min(max(threshold, 0.0), 1.0),
-        (lo, hi),
+    model, validation = fit_model(
+        rows["train"], by_split["train"], rows["validation"], by_split["validation"], config
     )
+    timings["fit_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     if evaluator is None:
-        moderator = DialogueModerator(model, encoder=encoder, images=ImageAnalyzer(analyzer.bridge))
+        reader = prepared.reader
+        images = ImageAnalyzer(reader.images.bridge)
+        moderator = DialogueModerator(model, encoder=reader.encoder, images=images)
         test = evaluate_examples(moderator, by_split["test"])
     else:
         test = evaluator(model, by_split["test"])
     timings["test_s"] = time.perf_counter() - clock
+    plan = config.plan()
     metadata = {
         "model": f"per turn {feature_dim(EMBEDDING_DIM)}→{config.hidden} (ReLU), pooled "
-        f"[last, running max, running mean] → {config.hidden2} (ReLU) → harm / category / "
+        f"[{', '.join(model.pools)}] → {config.hidden2} (ReLU) → harm / category / "
         f"strategy heads; float16 weights; {EMBEDDER_PIN}; OCR via rapidocr-onnxruntime",
         "command": f"safeturn guard train --data-root DATA --seed {config.seed} --out OUT",
         "trained_on": dt.date.today().isoformat(),
@@ -400,21 +642,20 @@ def train(
             k: v for k, v in asdict(config).items() if k not in ("data_root", "out", "caps")
         },
         "label_rule": LABEL_RULE,
-        "threshold_rule": f"lowest risk flagging <= {config.target_fpr:.0%} of benign validation "
-        "dialogues (dialogue risk = running max over its turns)",
+        "threshold_rule": f"lowest risk flagging <= {config.target_fpr:.0%} of the benign "
+        "validation dialogues of every benign source (dialogue risk = running max over its "
+        "turns)",
         "band_rule": f"thresholds at {config.band_fprs[0]:.0%} and {config.band_fprs[1]:.0%} "
-        "benign validation FPR",
+        "benign validation FPR, per benign source",
         "data": counts(examples),
         "rows": {name: len(r.harm) for name, r in rows.items()},
-        "images_analyzed": analyzer.analyzed,
-        "texts_embedded": encoder.embedded,
-        "epochs": epochs,
+        "images_analyzed": prepared.reader.images.analyzed,
+        "texts_embedded": prepared.reader.encoder.embedded,
+        "epochs": validation.pop("epochs"),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "validation": validation,
         "test": test,
     }
-    model = ModeratorModel(
-        model.arrays, platt, CATEGORIES, STRATEGY_NAMES, model.threshold, model.band, metadata
-    )
+    model = dataclasses.replace(model, metadata=metadata)
     model.save(config.out)
     return model

@@ -9,17 +9,16 @@ request internal addresses, and the moderator must see the same pixels the model
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from safeturn.errors import ImageError, SchemaError
+from safeturn.errors import ImageError, ImageTooLargeError, SchemaError
+from safeturn.imaging import ImageHeader, decode_fitted, read_header
 from safeturn.schema import (
     DEFAULT_LIMITS,
     Dialogue,
@@ -143,19 +142,59 @@ MAX_IMAGES = 32
 """Most images one request may carry."""
 
 
-def check_images(dialogue: Dialogue, limits: ImageLimits = DEFAULT_LIMITS) -> None:
-    """Check every image of `dialogue` (CPU-bound: decodes them; run it off the event loop).
+DEFAULT_REQUEST_PIXELS = 48_000_000
+"""Pixels (width × height, summed over a request's images) one request may carry."""
+
+
+def check_images(
+    dialogue: Dialogue,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    *,
+    max_request_pixels: int | None = DEFAULT_REQUEST_PIXELS,
+) -> None:
+    """Check every image of `dialogue` (CPU-bound: run it off the event loop).
+
+    Headers come first, for every image, so the per-request pixel budget is enforced before
+    a single pixel is decoded; then each image is decoded, straight to the analysis size
+    (`safeturn.imaging`), so a corrupt one is a 422 here and not a moderator failure later.
+
+    Args:
+        dialogue: The request's dialogue.
+        limits: Per-image limits (bytes, pixels, formats).
+        max_request_pixels: The sum of width × height over all images; None: no budget.
 
     Raises:
-        WireError: 422 for remote or corrupt images; 413 for one over the byte or pixel limit.
+        WireError: 422 for remote or corrupt images; 413 for one over the byte or pixel limit,
+            or for the image that takes the request over `max_request_pixels`.
     """
+    checked: list[tuple[str, bytes]] = []
+    total = 0
     for i, message in enumerate(dialogue.messages):
         for j, image in enumerate(message.images):
-            check_image(image, label=f"messages[{i}] image {j}", limits=limits)
+            label = f"messages[{i}] image {j}"
+            raw, header = check_image(image, label=label, limits=limits)
+            total += header.pixels
+            if max_request_pixels is not None and total > max_request_pixels:
+                over = (
+                    f"{label}: this {header.width}x{header.height} image takes the request's "
+                    f"images to {total} pixels, over the per-request budget of "
+                    f"{max_request_pixels}"
+                )
+                raise WireError(413, over, code="image_budget_exceeded")
+            checked.append((label, raw))
+    for label, raw in checked:
+        try:
+            decode_fitted(raw, label=label, limit_pixels=limits.max_pixels, formats=limits.formats)
+        except ImageError as exc:
+            raise _image_error(exc) from None
 
 
-def check_image(image: ImagePart, *, label: str, limits: ImageLimits) -> None:
-    """Refuse remote, oversized, corrupt or unaccepted images before anything reads them."""
+def check_image(image: ImagePart, *, label: str, limits: ImageLimits) -> tuple[bytes, ImageHeader]:
+    """Refuse remote, oversized or unaccepted images from their bytes and header alone.
+
+    Returns:
+        The encoded bytes and what the header declares (nothing has been decoded).
+    """
     if image.url is None or image.is_remote:
         raise WireError(
             422,
@@ -171,18 +210,22 @@ def check_image(image: ImagePart, *, label: str, limits: ImageLimits) -> None:
         message = f"{label}: image is {len(raw)} bytes (limit {limits.max_bytes})"
         raise WireError(413, message, code="image_too_large")
     try:
-        with Image.open(io.BytesIO(raw)) as probe:
-            width, height = probe.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        message = f"{label}: corrupt or unreadable image ({exc})"
-        raise WireError(422, message, code="invalid_image") from None
-    if width * height > limits.max_pixels:
-        message = f"{label}: image is {width}x{height} pixels (limit {limits.max_pixels})"
-        raise WireError(413, message, code="image_too_large")
-    try:
-        ImagePart(data=raw).load(label=label, limits=limits)
+        header = read_header(raw, label=label, formats=limits.formats)
     except ImageError as exc:
-        raise WireError(422, str(exc), code="invalid_image") from None
+        raise _image_error(exc) from None
+    if header.pixels > limits.max_pixels:
+        message = (
+            f"{label}: image is {header.width}x{header.height} pixels (limit {limits.max_pixels})"
+        )
+        raise WireError(413, message, code="image_too_large")
+    return raw, header
+
+
+def _image_error(exc: ImageError) -> WireError:
+    """413 for an image too large to decode, 422 for any other image problem."""
+    if isinstance(exc, ImageTooLargeError):
+        return WireError(413, str(exc), code="image_too_large")
+    return WireError(422, str(exc), code="invalid_image")
 
 
 def usage(reply: Reply) -> dict[str, int]:

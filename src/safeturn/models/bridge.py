@@ -5,6 +5,15 @@ it. Typographic attacks (FigStep and friends) put the harmful request *in* the i
 carries exactly the part of the image that matters to them. Results are cached by the image's
 sha256, in memory and as one small JSON file per image under `cache_dir()/ocr/`, so rerunning a
 benchmark or re-sending the same image in later turns costs nothing.
+
+Cost is bounded: an image is decoded straight to at most `ANALYSIS_MAX_PIXELS` (draft/reduce,
+`safeturn.imaging`) before OCR, RapidOCR never enlarges it again (its default scales the short
+side up to 736 px: a thin strip then costs many times its size, and small images misread), and the
+recogniser runs one text line at a time, unpadded: on the FigStep images that reads every
+instruction word at about half the single-thread cost of the defaults
+(`benchmarks/guard_images.py`). The angle classifier stays on: without it upside-down text
+reads as nothing, for 9 ms an image. ONNX Runtime threads come from `threads` or the
+`SAFETURN_OCR_THREADS` environment variable.
 """
 
 from __future__ import annotations
@@ -16,16 +25,47 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from safeturn.cache import cache_dir
-from safeturn.schema import BridgeInfo, Dialogue, ImagePart, Message, TextPart
+from safeturn.imaging import ANALYSIS_MAX_PIXELS, ANALYSIS_MAX_SIDE, decode_fitted
+from safeturn.schema import DEFAULT_LIMITS, BridgeInfo, Dialogue, ImagePart, Message, TextPart
 
 logger = logging.getLogger(__name__)
 
-OCR_ENGINE = "rapidocr-onnxruntime"
-"""Recorded in every disk-cache record, so a later engine change can invalidate old results."""
+OCR_ENGINE = "rapidocr-onnxruntime/2"
+"""Recorded in every disk-cache record (with the analysis size), so a change of engine or of
+its settings invalidates old results. /2: no det upscaling, one unpadded line per rec call."""
+THREADS_ENV = "SAFETURN_OCR_THREADS"
+"""ONNX Runtime threads per OCR / NudeNet call when none are given (unset: ONNX's default)."""
+_ENGINE_OPTIONS: dict[str, Any] = {
+    "det_limit_side_len": 32,  # limit_type "min": enlarge only below 32 px, i.e. never
+    "rec_batch_num": 1,
+    "rec_img_shape": [3, 48, 160],  # narrowest padding for short lines ("1.", "2.")
+}
+
+
+def ocr_threads(threads: int | None = None) -> int | None:
+    """`threads`, else `SAFETURN_OCR_THREADS`, else None (ONNX Runtime's default: all cores).
+
+    Raises:
+        ValueError: The variable is set but not a positive integer.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"OCR threads must be >= 1; got {threads}")
+        return threads
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer; got {raw!r}")
+    return int(raw)
+
 
 NO_TEXT = "no readable text"
 
@@ -58,6 +98,9 @@ class OcrBridge:
     Args:
         min_confidence: Boxes recognised with a lower score are dropped.
         disk_cache: Keep results as JSON files under `cache_dir()/ocr/` (read and written).
+        threads: ONNX Runtime threads (default: `SAFETURN_OCR_THREADS`, else all cores).
+        max_pixels: Images are shrunk to this many pixels before OCR.
+        max_side: ...and to this longest side.
 
     Examples:
         >>> bridge = OcrBridge()
@@ -65,9 +108,22 @@ class OcrBridge:
         'Steps to\nmanufacture\nillegal drugs.'
     """
 
-    def __init__(self, *, min_confidence: float = 0.5, disk_cache: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        min_confidence: float = 0.5,
+        disk_cache: bool = True,
+        threads: int | None = None,
+        max_pixels: int = ANALYSIS_MAX_PIXELS,
+        max_side: int = ANALYSIS_MAX_SIDE,
+    ) -> None:
         self.min_confidence = min_confidence
         self.disk_cache = disk_cache
+        self.threads = ocr_threads(threads)
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.engine_id = f"{OCR_ENGINE};fit={max_pixels}px/{max_side}"
+        """Stamped on disk-cache records: results read at another size are not reused."""
         self._engine: Any = None
         self._lock = threading.Lock()
         self._memory: dict[str, list[OcrLine]] = {}
@@ -79,9 +135,34 @@ class OcrBridge:
             from rapidocr_onnxruntime import RapidOCR
 
             start = time.perf_counter()
-            self._engine = RapidOCR()
+            options = dict(_ENGINE_OPTIONS)
+            if self.threads is not None:
+                options |= {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
+            self._engine = RapidOCR(**options)
             logger.info("loaded RapidOCR in %.2f s", time.perf_counter() - start)
         return self._engine
+
+    def warm_up(self) -> None:
+        """Load the engine now (≈0.5 s), so the first image does not pay for it."""
+        with self._lock:
+            self._get_engine()
+
+    def load(self, image: ImagePart, label: str = "image") -> np.ndarray[Any, Any]:
+        """The RGB pixels OCR reads: decoded straight to the analysis size.
+
+        Raises:
+            ImageError: The image is missing, corrupt or over the default limits.
+        """
+        raw = image.read_bytes(label=label)
+        fitted = decode_fitted(
+            raw,
+            label=label,
+            max_pixels=self.max_pixels,
+            max_side=self.max_side,
+            limit_pixels=DEFAULT_LIMITS.max_pixels,
+            formats=DEFAULT_LIMITS.formats,
+        )
+        return np.asarray(fitted)
 
     def lines(self, image: ImagePart, label: str = "image") -> list[OcrLine]:
         """All recognised boxes of `image` (every confidence), cached by content hash.
@@ -97,20 +178,48 @@ class OcrBridge:
             ImageError: The image cannot be read or decoded.
         """
         digest = image.sha256(label=label)
-        cached = self._memory.get(digest)
-        if cached is not None:
-            return cached
-        found = self._read_disk(digest)
+        found = self.cached(digest)
         if found is None:
-            pixels = image.load(label=label)
-            with self._lock:
-                engine = self._get_engine()
-                start = time.perf_counter()
-                raw, _elapsed = engine(pixels)
-                self.engine_calls += 1
-            logger.debug("OCR of %s took %.2f s", label, time.perf_counter() - start)
-            found = _reading_order([_to_line(box) for box in raw or []])
-            self._write_disk(digest, found)
+            found = self.read(digest, self.load(image, label), label)
+            assert found is not None  # only a cancelled read returns None
+        return found
+
+    def cached(self, digest: str) -> list[OcrLine] | None:
+        """The boxes already read for the image with this sha256 (memory, then disk), or None."""
+        found = self._memory.get(digest)
+        if found is None:
+            found = self._read_disk(digest)
+            if found is not None:
+                self._memory[digest] = found
+        return found
+
+    def read(
+        self,
+        digest: str,
+        pixels: np.ndarray[Any, Any],
+        label: str = "image",
+        *,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[OcrLine] | None:
+        """Run OCR on `pixels` (from `load`) and cache the boxes under `digest`.
+
+        Args:
+            digest: The image's sha256.
+            pixels: RGB pixels at the analysis size.
+            label: Names the image in logs.
+            cancelled: Asked once the engine is free, right before it runs: True skips the
+                call (the caller gave up while waiting) and returns None; nothing is cached.
+        """
+        with self._lock:
+            if cancelled is not None and cancelled():
+                return None
+            engine = self._get_engine()
+            start = time.perf_counter()
+            raw, _elapsed = engine(pixels)
+            self.engine_calls += 1
+        logger.debug("OCR of %s took %.2f s", label, time.perf_counter() - start)
+        found = _reading_order([_to_line(box) for box in raw or []])
+        self._write_disk(digest, found)
         self._memory[digest] = found
         return found
 
@@ -124,7 +233,11 @@ class OcrBridge:
         Returns:
             The text, or an empty string when nothing readable was found.
         """
-        kept = [line for line in self.lines(image, label) if line.confidence >= self.min_confidence]
+        return self.text(self.lines(image, label))
+
+    def text(self, lines: list[OcrLine]) -> str:
+        """The confident boxes of `lines` as text, one line per text line."""
+        kept = [line for line in lines if line.confidence >= self.min_confidence]
         return "\n".join(" ".join(line.text for line in row) for row in _rows(kept))
 
     async def adescribe(self, image: ImagePart, label: str = "image") -> str:
@@ -140,7 +253,7 @@ class OcrBridge:
         path = self._cache_path(digest)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            if record.get("engine") != OCR_ENGINE:
+            if record.get("engine") != self.engine_id:
                 return None
             return [OcrLine(*item) for item in record["lines"]]
         except FileNotFoundError:
@@ -153,7 +266,7 @@ class OcrBridge:
         if not self.disk_cache:
             return
         path = self._cache_path(digest)
-        record = {"engine": OCR_ENGINE, "sha256": digest, "lines": [list(x) for x in found]}
+        record = {"engine": self.engine_id, "sha256": digest, "lines": [list(x) for x in found]}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")

@@ -39,13 +39,20 @@ class _Failure(Exception):
     """One failed attempt, described without the key; internal, becomes `BackendError`."""
 
     def __init__(
-        self, detail: str, excerpt: str = "", *, retryable: bool, retry_after: float | None = None
+        self,
+        detail: str,
+        excerpt: str = "",
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.excerpt = excerpt
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
 
 
 _NETWORK_ERRORS = (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
@@ -169,14 +176,15 @@ class OpenAICompatModel(BaseChatModel):
                         raise failure
                     return await self._post_once(data, start)
         except (_Failure, TimeoutError, aiohttp.ClientError) as exc:
+            status = None
             if isinstance(exc, _Failure):
-                detail, excerpt = exc.detail, exc.excerpt
+                detail, excerpt, status = exc.detail, exc.excerpt, exc.status
             elif isinstance(exc, TimeoutError):
                 detail, excerpt = f"timed out after {self.timeout_s}s", ""
             else:
                 detail, excerpt = f"{type(exc).__name__}: {exc}", ""
             attempts = int(retrying.statistics.get("attempt_number", 1))
-            raise self._error(detail, excerpt, attempts) from None
+            raise self._error(detail, excerpt, attempts, status) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _post_once(self, data: bytes, start: float) -> Reply:
@@ -188,14 +196,23 @@ class OpenAICompatModel(BaseChatModel):
         text = raw.decode("utf-8", errors="replace")
         if status == 429 or status >= 500:
             wait = _parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
-            raise _Failure(f"HTTP {status}", self._excerpt(text), retryable=True, retry_after=wait)
+            raise _Failure(
+                f"HTTP {status}",
+                self._excerpt(text),
+                retryable=True,
+                retry_after=wait,
+                status=status,
+            )
         if status >= 400:
-            raise _Failure(f"HTTP {status}", self._excerpt(text), retryable=False)
+            raise _Failure(f"HTTP {status}", self._excerpt(text), retryable=False, status=status)
         try:
             payload = json.loads(text)
         except json.JSONDecodeError:
             raise _Failure(
-                f"HTTP {status} with malformed JSON", self._excerpt(text), retryable=False
+                f"HTTP {status} with malformed JSON",
+                self._excerpt(text),
+                retryable=False,
+                status=status,
             ) from None
         try:
             choice = payload["choices"][0]
@@ -239,10 +256,11 @@ class OpenAICompatModel(BaseChatModel):
             text = text.replace(self._api_key, "***")
         return text[:_EXCERPT_CHARS] + ("…" if len(text) > _EXCERPT_CHARS else "")
 
-    def _error(self, detail: str, excerpt: str, attempts: int) -> BackendError:
+    def _error(self, detail: str, excerpt: str, attempts: int, status: int | None) -> BackendError:
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         body = f": {excerpt}" if excerpt else ""
-        return BackendError(f"model {self.model!r} at {self._shown_url}: {detail} {tries}{body}")
+        message = f"model {self.model!r} at {self._shown_url}: {detail} {tries}{body}"
+        return BackendError(message, status=status)
 
     async def aclose(self) -> None:
         """Close the HTTP session and its pooled connections."""
