@@ -83,3 +83,16 @@ def test_one_class_families_are_ranked_against_the_other_class(report: dict) -> 
 def test_unknown_family_is_refused(shared_data: Path) -> None:
     with pytest.raises(ValueError, match="known: figstep"):
         run_loso(TrainConfig(data_root=shared_data), ["nope"])
+
+
+def test_loso_command_names_the_known_families(shared_data: Path) -> None:
+    from typer.testing import CliRunner
+
+    from safeturn.cli import app
+
+    result = CliRunner().invoke(
+        app, ["guard", "loso", "--data-root", str(shared_data), "--family", "nope"]
+    )
+    assert result.exit_code == 1
+    assert "unknown source families ['nope']" in result.output
+    assert "hh-rlhf" in result.output

@@ -17,6 +17,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+_AGAINST = {"itself": "itself", "benign": "benign test", "harmful": "harmful test"}
+"""Short names for what a left-out family was ranked against (the JSON says it in full)."""
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -82,7 +86,7 @@ def loso_command(
             str(fold["harmful"]),
             str(fold["benign"]),
             _fmt(fold["auroc"]),
-            fold["auroc_against"],
+            _AGAINST.get(fold["auroc_against"].split()[0], fold["auroc_against"]),
             _fmt(fold["tpr"]),
             _fmt(fold["fpr"]),
             _fmt(fold["tpr_at_5fpr"]),
