@@ -33,6 +33,7 @@ from safeturn.guard.train import (
     Prepared,
     Rows,
     TrainConfig,
+    dialogue_scores,
     fit_model,
     prepare,
     running_max_logits,
@@ -56,11 +57,12 @@ TARGET_TPR = 0.70
 FPR_BUDGET = 0.05
 
 
-def dialogue_risks(model: ModeratorModel, rows: Rows) -> npt.NDArray[np.float64]:
+def dialogue_risks(
+    model: ModeratorModel, rows: Rows, examples: Sequence[GuardExample]
+) -> npt.NDArray[np.float64]:
     """The calibrated final risk (running max over turns) of each dialogue in `rows`."""
     risks = np.asarray(model.calibrate(running_max_logits(model, rows)), dtype=np.float64)
-    last = np.flatnonzero(np.append(np.diff(rows.example) != 0, True))
-    return risks[last]
+    return dialogue_scores(risks, rows, examples)[1]
 
 
 def score_family(
@@ -127,15 +129,11 @@ def run_fold(prepared: Prepared, family: str, config: TrainConfig) -> dict[str, 
         [examples[i] for i in index["validation"]],
         config,
     )
-    held_risk = dialogue_risks(model, take(prepared.rows, held))
-    test_risk = dialogue_risks(model, take(prepared.rows, index["test"]))
-    report = score_family(
-        [examples[i] for i in held],
-        held_risk,
-        [examples[i] for i in index["test"]],
-        test_risk,
-        model.threshold,
-    )
+    held_examples = [examples[i] for i in held]
+    test_examples = [examples[i] for i in index["test"]]
+    held_risk = dialogue_risks(model, take(prepared.rows, held), held_examples)
+    test_risk = dialogue_risks(model, take(prepared.rows, index["test"]), test_examples)
+    report = score_family(held_examples, held_risk, test_examples, test_risk, model.threshold)
     report["trained_on"] = sorted({examples[i].source for i in index["train"]})
     report["validation_fpr_by_benign_source"] = {
         s: v["fpr"] for s, v in validation["by_source"].items() if v["benign"]

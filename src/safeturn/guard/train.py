@@ -441,10 +441,13 @@ def _log_loss(p: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def _dialogue_scores(
+def dialogue_scores(
     risks: npt.NDArray[np.float64], rows: Rows, examples: Sequence[GuardExample]
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
-    """(harmful, final risk) per dialogue; the final row holds the running maximum."""
+    """(harmful, final risk) per dialogue of `rows` from per-row running-max `risks`.
+
+    The final row of a dialogue holds the running maximum, so it is the dialogue's risk.
+    """
     last = {int(e): i for i, e in enumerate(rows.example)}
     order = sorted(last)
     return (
@@ -540,7 +543,7 @@ def fit_model(
         arrays, platt, CATEGORIES, STRATEGY_NAMES, 0.5, (0.0, 1.0), pools=pools
     ).rounded()
     val_risk = np.asarray(calibrated.calibrate(val_z), dtype=np.float64)
-    harmful, final = _dialogue_scores(val_risk, val_rows, val_examples)
+    harmful, final = dialogue_scores(val_risk, val_rows, val_examples)
     sources = [e.source for e in val_examples]
     per_source = source_thresholds(final, harmful, sources, config.target_fpr)
     threshold = min(max(per_source.values(), default=0.5), 1.0)
