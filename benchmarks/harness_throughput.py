@@ -22,24 +22,23 @@ import argparse
 import asyncio
 import json
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiohttp
+from bench_common import Clock, bench_samples, free_port, wait_for
 
 from safeturn.judges import load_judge
 from safeturn.models import load_model
 from safeturn.run.engine import EvalSettings, execute_run, start_run
 from safeturn.run.store import Durability, RunStore
-from safeturn.schema import Dialogue, GenerateParams, Message, Sample
+from safeturn.schema import GenerateParams
 
 T = TypeVar("T")
 LATENCY_S = 0.05
@@ -75,55 +74,9 @@ SERVER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for(port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("fake server did not start")
-
-
 def _server_cpu(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/cpu") as response:
         return float(json.loads(response.read()))
-
-
-def _samples(n: int) -> list[Sample]:
-    return [
-        Sample(
-            id=f"d{i}",
-            source="bench",
-            harmful=True,
-            dialogue=Dialogue(
-                messages=[Message.user(f"dialogue {i}, turn {t}") for t in range(1, TURNS + 1)]
-            ),
-        )
-        for i in range(n)
-    ]
-
-
-class Clock:
-    """Wall and CPU seconds (all threads of this process) of the timed part only."""
-
-    def __enter__(self) -> Clock:
-        self.wall, self.cpu = time.perf_counter(), _cpu()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _run(coro: Coroutine[Any, Any, T], loop: str) -> T:
@@ -145,7 +98,7 @@ def harness(
         settings = EvalSettings(
             model=spec, params=GenerateParams(max_tokens=16), concurrency=CONCURRENCY
         )
-        run_id = start_run(store, _samples(n), settings)
+        run_id = start_run(store, bench_samples(n, TURNS), settings)
         model = load_model(spec, max_concurrency=CONCURRENCY)
         judges = [load_judge("refusal")]
 
@@ -241,10 +194,10 @@ def main() -> None:
         one(args)
         return
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(LATENCY_S), args.loop])
     try:
-        _wait_for(port)
+        wait_for(port)
         ideal = CONCURRENCY / LATENCY_S
         print(f"ideal: {ideal:.0f} calls/s (concurrency {CONCURRENCY} / latency {LATENCY_S}s)")
         print(f"store: durability={args.durability}, window {args.window_ms} ms; loop {args.loop}")

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.commands._running import execute_and_publish, publish
+from safeturn.commands._running import JudgeCardOption, execute_and_publish, publish
 from safeturn.commands.build import build_command
 from safeturn.commands.data import data_app
 from safeturn.commands.eval import eval_command
@@ -21,10 +21,13 @@ from safeturn.commands.guard import guard_app
 from safeturn.commands.guard_loso import loso_command
 from safeturn.commands.guard_serve import serve_command
 from safeturn.commands.judge import judge_app
+from safeturn.commands.judge_files import score_command, validate_command
+from safeturn.commands.judge_refusal import refusal_eval_command
 from safeturn.commands.loop import loop_command
 from safeturn.commands.synth import synth_app
 from safeturn.commands.train import train_app
 from safeturn.errors import SafeturnError
+from safeturn.judges.card import load_cards, unmatched_cards
 from safeturn.judges.pairwise import PairVerdict
 from safeturn.models import BACKENDS, ChatModel, load_model
 from safeturn.redact import redact_url_credentials
@@ -147,7 +150,7 @@ async def _chat_loop(
 
 
 DEMO_STRATEGIES = ("typography", "image-grounding")
-DEMO_JUDGES = ("classifier", "refusal")
+DEMO_JUDGES = ("classifier-v2", "refusal")
 DEMO_TURNS = (1, 2, 4)
 
 
@@ -232,16 +235,18 @@ def report(
     ),
     out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
     csv: Annotated[Path | None, typer.Option(help="also write one CSV row per sample")] = None,
+    judge_card: JudgeCardOption = None,
 ) -> None:
     """Print a run's summary and write its HTML report (and JSON; CSV on request)."""
     store = RunStore(db)
     try:
+        cards = load_cards(judge_card or [])
         results = load_results(store, run_id)
     except SafeturnError as exc:
         raise _fail(exc) from exc
     finally:
         store.close()
-    publish(results, out or Path(f"runs/report-{run_id}.html"))
+    publish(results, out or Path(f"runs/report-{run_id}.html"), cards)
     if csv is not None:
         console.print(f"csv: {write_csv(results, csv)}")
 
@@ -263,6 +268,7 @@ def compare(
         Path | None, typer.Option(help="JSON file for the pairwise verdicts and win rate")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="pairwise judgements in flight")] = 8,
+    judge_card: JudgeCardOption = None,
 ) -> None:
     """Compare runs side by side (ASR, over-refusal, Safety Index); --pairwise: A's win rate."""
     if len(run_ids) < 2:
@@ -271,12 +277,15 @@ def compare(
         raise typer.BadParameter("--pairwise compares exactly two runs: A (first) and B")
     store = RunStore(db)
     try:
+        cards = load_cards(judge_card or [])
         runs = [load_results(store, run_id) for run_id in run_ids]
     except SafeturnError as exc:
         raise _fail(exc) from exc
     finally:
         store.close()
-    print_comparison(runs, console)
+    for warning in unmatched_cards(cards, [r.judge for r in runs]):
+        console.print(f"warning: {warning}", style="yellow", markup=False)
+    print_comparison(runs, console, cards)
     if pairwise is not None:
         try:
             report = _pairwise(runs[0], runs[1], pairwise, concurrency)
@@ -309,16 +318,21 @@ def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> Pair
                     on_done=lambda _v: progress.advance(task),
                 )
             finally:
-                close = getattr(judge, "aclose", None)
-                if close is not None:
-                    await close()
+                await judge.aclose()
 
         verdicts = asyncio.run(go())
     return pairwise_report(a, b, judge.name, match, verdicts)
 
 
 app.add_typer(data_app, name="data", help="List, inspect and export benchmark datasets.")
-app.add_typer(judge_app, name="judge", help="Train and inspect the embedded judges.")
+judge_app.command("score")(score_command)
+judge_app.command("validate")(validate_command)
+judge_app.command("refusal-eval")(refusal_eval_command)
+app.add_typer(
+    judge_app,
+    name="judge",
+    help="Judge replies you have, validate judges, train the embedded ones.",
+)
 guard_app.command("serve")(serve_command)
 guard_app.command("loso")(loso_command)
 app.add_typer(guard_app, name="guard")

@@ -123,9 +123,9 @@ def test_demo_on_the_embedded_model_gives_real_output(tmp_path: Path) -> None:
     assert "manufacture" in texts and "herbal tea" in texts
     assert all(c.reply["text"].strip() for c in calls)
     assert all(0 < (c.completion_tokens or 0) <= 24 for c in calls)
-    # the default judges: the embedded classifier (headline) and the refusal detector
+    # the default judges: the fine-tuned embedded judge (headline) and the refusal detector
     verdicts = store.verdicts(run.id)
-    assert {v.judge for v in verdicts} == {"classifier", "refusal"}
-    assert all(v.score is not None for v in verdicts if v.judge == "classifier")
+    assert {v.judge for v in verdicts} == {"classifier-v2", "refusal"}
+    assert all(v.score is not None for v in verdicts if v.judge == "classifier-v2")
     html = (out / "report.html").read_text()
     assert "Judge agreement" in html

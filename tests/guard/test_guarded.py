@@ -52,11 +52,15 @@ class FixedJudge:
     """A reply judge with a fixed label; records what it judged."""
 
     name = "fixed"
+    threshold = 0.5
 
     def __init__(self, label: VerdictLabel = "safe", *, fail: bool = False) -> None:
         self.label = label
         self.fail = fail
         self.judged: list[tuple[Sample, str]] = []
+
+    async def aclose(self) -> None:
+        pass
 
     async def __call__(
         self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int

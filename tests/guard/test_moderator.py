@@ -60,7 +60,8 @@ def _built(strategy: str, seed: Seed, turns: int) -> Dialogue:
 
 
 def _same(a, b) -> None:
-    assert a.turn_risks == pytest.approx(b.turn_risks, abs=1e-5)
+    # bf16 encoder passes of other batch shapes move a risk by ~1e-4 (judges/fast_inference.py)
+    assert a.turn_risks == pytest.approx(b.turn_risks, abs=1e-3)
     assert (a.flagged, a.earliest_turn, a.category, a.strategy, a.policy) == (
         b.flagged,
         b.earliest_turn,

@@ -117,7 +117,8 @@ def test_embeddings_are_unit_length_and_ordered() -> None:
     vectors = embed(texts, batch_size=2)
     assert vectors.shape == (4, EMBEDDING_DIM)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(vectors, embed(texts), atol=1e-5)  # sorting and batching keep order
+    # sorting and batching keep order (bf16 passes of other shapes differ by ~3e-4)
+    assert np.allclose(vectors, embed(texts), atol=1e-3)
     assert vectors[0] @ vectors[2] > 0.6 > vectors[0] @ vectors[3]
     assert embed([]).shape == (0, EMBEDDING_DIM)
 

@@ -190,9 +190,13 @@ class Scores:
     """A scoring judge with fixed harm scores per reply text, refusals by the real detector."""
 
     name = "scores"
+    threshold = None
 
     def __init__(self, scores: dict[str, float | None]) -> None:
         self.scores = scores
+
+    async def aclose(self) -> None:
+        pass
 
     async def __call__(
         self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int

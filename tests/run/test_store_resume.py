@@ -228,9 +228,13 @@ class _FlakyJudge:
     """A judge whose first answer on turn 2 of every sample is unreadable, then valid."""
 
     name = "flaky"
+    threshold = None
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
+
+    async def aclose(self) -> None:
+        pass
 
     async def __call__(
         self, sample: Sample, dialogue: Dialogue, reply: object, turn: int

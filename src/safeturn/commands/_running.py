@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,6 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from safeturn.judges import load_judge
+from safeturn.judges.card import JudgeCard, unmatched_cards
 from safeturn.models import load_model
 from safeturn.report.html import write_html
 from safeturn.report.terminal import print_summary, write_summary_json
@@ -30,6 +34,16 @@ from safeturn.run.store import RunStore
 from safeturn.schema import Sample
 
 console = Console()
+
+JudgeCardOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--judge-card",
+        metavar="FILE",
+        help="a judge's validation card (the JSON of `safeturn judge validate --json`), "
+        "shown beside the rates that judge decided; repeatable, one per judge",
+    ),
+]
 
 
 class SpeedColumn(ProgressColumn):
@@ -54,11 +68,13 @@ def progress_columns() -> tuple[ProgressColumn, ...]:
     )
 
 
-def execute_and_publish(store: RunStore, run_id: str, html: Path) -> RunResults:
+def execute_and_publish(
+    store: RunStore, run_id: str, html: Path, cards: Sequence[JudgeCard] = ()
+) -> RunResults:
     """Run (or resume) a run, then print its summary and write its reports."""
     execute(store, run_id)
     results = load_results(store, run_id)
-    publish(results, html)
+    publish(results, html, cards)
     return results
 
 
@@ -96,9 +112,7 @@ def execute(store: RunStore, run_id: str) -> None:
             finally:
                 await model.aclose()
                 for judge in judges:  # prompted judges hold model connections
-                    close = getattr(judge, "aclose", None)
-                    if close is not None:
-                        await close()
+                    await judge.aclose()
 
         running = time.perf_counter()
         asyncio.run(go())
@@ -118,9 +132,15 @@ def _tally_text(tally: dict[str, int]) -> str:
     return text
 
 
-def publish(results: RunResults, html: Path) -> None:
-    """Print the summary table; write the HTML report and its JSON summary beside it."""
-    print_summary(results, console)
-    write_html(results, html)
-    summary = write_summary_json(results, html.with_suffix(".json"))
+def publish(results: RunResults, html: Path, cards: Sequence[JudgeCard] = ()) -> None:
+    """Print the summary table; write the HTML report and its JSON summary beside it.
+
+    `cards` are the validation cards the user gave (`--judge-card`); the headline judge's is
+    shown beside the ASR, and a card for another judge is reported as not shown.
+    """
+    for warning in unmatched_cards(cards, [results.judge]):
+        console.print(f"warning: {warning}", style="yellow", markup=False)
+    print_summary(results, console, cards)
+    write_html(results, html, cards)
+    summary = write_summary_json(results, html.with_suffix(".json"), cards)
     console.print(f"report: {html}\nsummary: {summary}\nrun id: {results.run_id}")

@@ -9,8 +9,9 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 
-from safeturn.commands._running import execute_and_publish
+from safeturn.commands._running import JudgeCardOption, execute_and_publish
 from safeturn.errors import SafeturnError
+from safeturn.judges.card import load_cards
 from safeturn.run.engine import EvalSettings, start_run
 from safeturn.run.store import RunStore
 from safeturn.schema import GenerateParams, Sample
@@ -81,12 +82,14 @@ def eval_command(
         "runs/eval"
     ),
     resume: Annotated[str | None, typer.Option(help="continue this run id")] = None,
+    judge_card: JudgeCardOption = None,
 ) -> None:
     """Evaluate a model; every call and verdict is stored at once, so runs resume."""
     if mode not in ("live", "replay"):
         raise typer.BadParameter(f"--mode must be live or replay, got {mode!r}")
     store = RunStore(out / "safeturn.db")
     try:
+        cards = load_cards(judge_card or [])  # before the run: a bad card fails fast
         if resume is None:
             if data is None:
                 raise typer.BadParameter("give --data (or --resume RUN_ID)")
@@ -119,7 +122,7 @@ def eval_command(
             run_id = start_run(store, samples, settings)
         else:
             run_id = resume
-        execute_and_publish(store, run_id, out / f"report-{run_id}.html")
+        execute_and_publish(store, run_id, out / f"report-{run_id}.html", cards)
     except SafeturnError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(code=1) from exc

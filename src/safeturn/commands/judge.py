@@ -1,4 +1,4 @@
-"""`safeturn judge`: work on the judges themselves (train the embedded classifier's head)."""
+"""`safeturn judge`: train the embedded judges (`train`, `train-classifier`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safeturn.errors import SafeturnError
 
 judge_app = typer.Typer(
     name="judge",
-    help="Work on the judges: train the offline `classifier` judge's head.",
+    help="Judge replies you have, validate a judge on labelled replies, train the embedded judges.",
     no_args_is_help=True,
 )
 console = Console()
@@ -23,7 +23,7 @@ err_console = Console(stderr=True)
 
 @judge_app.callback()
 def _judge() -> None:
-    """Work on the judges (a group even while it has one command)."""
+    """Judge replies, validate judges, train the embedded ones."""
 
 
 _SHOWN = ("accuracy", "precision", "recall", "f1", "roc_auc", "majority_baseline")
@@ -62,3 +62,68 @@ def train_classifier_command(
     table.add_row("threshold (chosen on validation)", f"{metrics['threshold']:.3f}")
     console.print(table)
     console.print(f"wrote {escape(str(target))} and {escape(str(target.with_suffix('.json')))}")
+
+
+@judge_app.command("train")
+def train_reply_judge_command(
+    data_dir: Annotated[
+        Path, typer.Option(help="the shared data folder (jailbreakbench/, xstest/, ...)")
+    ] = Path("../shared/data"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="weights (.safetensors; metadata beside it) [default: packaged]"),
+    ] = None,
+    card: Annotated[
+        Path | None,
+        typer.Option(help="validation card to write [default: packaged card of classifier-v2]"),
+    ] = None,
+    loso: Annotated[
+        str,
+        typer.Option(help="families to hold out one at a time ('' skips the folds)"),
+    ] = ",".join(("jailbreakbench", "xstest", "hh-rlhf", "mtbench101", "vlguard", "siuo")),
+    epochs: Annotated[int, typer.Option(help="passes over the training split")] = 2,
+    tuned_layers: Annotated[
+        int, typer.Option(help="top encoder layers fine-tuned (6 = the whole encoder)")
+    ] = 1,
+    seed: Annotated[int, typer.Option(help="seeds the splits, hard cases and training")] = 0,
+) -> None:
+    """Train the `classifier-v2` judge; report it leave-one-source-out (an hour on 2 cores)."""
+    from safeturn.judges.cross_encoder import DEFAULT_WEIGHTS
+    from safeturn.judges.judge_card import DEFAULT_CARD, fold_rows
+    from safeturn.judges.train_judge import TrainConfig, main
+
+    families = tuple(f.strip() for f in loso.split(",") if f.strip())
+    config = TrainConfig(epochs=epochs, tuned_layers=tuned_layers, seed=seed)
+    target = out if out is not None else DEFAULT_WEIGHTS
+    card_path = card if card is not None else DEFAULT_CARD
+    try:
+        metadata = main(
+            data_dir, target, config, loso=families, card_path=card_path, log=err_console.print
+        )
+    except SafeturnError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+    table = Table(title="classifier-v2, each family held out of training")
+    for column in ("held out", "n", "κ", "AUC", "false-unsafe", "note"):
+        table.add_column(column)
+    for row in fold_rows(metadata["leave_one_source_out"]):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"wrote {escape(str(target))} and {escape(str(card_path))}")
+
+
+@judge_app.command("export-labelled")
+def export_labelled_command(
+    out: Annotated[Path, typer.Option(help="folder for one <family>.jsonl per source")],
+    data_dir: Annotated[Path, typer.Option(help="the shared data folder")] = Path("../shared/data"),
+) -> None:
+    """Write the labelled replies the embedded judge is measured on, for `judge validate`."""
+    from safeturn.judges.export_labelled import export_labelled
+
+    try:
+        written = export_labelled(data_dir, out)
+    except SafeturnError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+    for family, count in written.items():
+        console.print(f"{escape(str(out / (family + '.jsonl')))}: {count} labelled replies")

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.guard.images import ImageSignals
-from safeturn.judges.refusal import detect_refusal
+from safeturn.judges.refusal_legacy import legacy_detect_refusal
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -121,7 +121,7 @@ def assistant_cues(text: str) -> FloatArray:
     if not text.strip():
         return np.zeros(len(ASSISTANT_CUES), dtype=np.float32)
     found = [bool(r.search(text)) for r in _ASSISTANT_RES]
-    return np.array([*found, detect_refusal(text)[0]], dtype=np.float32)
+    return np.array([*found, legacy_detect_refusal(text)], dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -172,9 +172,8 @@ class GuardedModel(BaseChatModel):
     async def aclose(self) -> None:
         """Close the wrapped model, the moderator and the reply judge."""
         closers = [self.model.aclose(), self.moderator.aclose()]
-        judge_close = getattr(self.reply_judge, "aclose", None)
-        if judge_close is not None:
-            closers.append(judge_close())
+        if self.reply_judge is not None:
+            closers.append(self.reply_judge.aclose())
         for closer in closers:
             try:
                 await closer

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
@@ -35,6 +35,8 @@ from safeturn.taxonomy import Category, guess_category
 
 DEFAULT_SOURCE = "unspecified"
 """The `source` of a line that names none."""
+
+T = TypeVar("T")
 
 
 class UnscorableFileError(SafeturnError):
@@ -136,23 +138,53 @@ def read_labelled(
     if limit is not None and limit < 1:
         raise SchemaError(f"limit must be at least 1, got {limit}")
     root = (image_root if image_root is not None else path.parent).resolve()
-    out = LabelledFile(path)
+    conversations, skipped = read_items(
+        path,
+        lambda text, number: parse_line(text, number, root),
+        lambda conversation: conversation.sample.id,
+        limit=limit,
+    )
+    return LabelledFile(path, conversations, skipped)
+
+
+def read_items(
+    path: Path,
+    parse: Callable[[str, int], T],
+    item_id: Callable[[T], str],
+    *,
+    limit: int | None = None,
+) -> tuple[list[T], list[SkippedLine]]:
+    """Parse each non-blank line of `path` on its own: (items, skipped lines).
+
+    `parse` gets the line's text and 1-based number; a line it rejects (`SafeturnError`), or
+    one whose `item_id` an earlier line already used, becomes a `SkippedLine`.
+
+    Args:
+        path: The JSONL file (gzipped when it ends in `.gz`).
+        parse: One line → an item.
+        item_id: The id that must be unique across the file.
+        limit: Read at most this many non-blank lines.
+
+    Raises:
+        SchemaError: The file cannot be opened or is not UTF-8 text.
+    """
+    items: list[T] = []
+    skipped: list[SkippedLine] = []
     first_line: dict[str, int] = {}
-    for number, text in _lines(path):
-        if limit is not None and out.lines >= limit:
+    for number, text in read_lines(path):
+        if limit is not None and len(items) + len(skipped) >= limit:
             break
         try:
-            conversation = parse_line(text, number, root)
-            previous = first_line.setdefault(conversation.sample.id, number)
+            item = parse(text, number)
+            key = item_id(item)
+            previous = first_line.setdefault(key, number)
             if previous != number:
-                raise SchemaError(
-                    f"id {conversation.sample.id!r} is used on lines {previous} and {number}"
-                )
+                raise SchemaError(f"id {key!r} is used on lines {previous} and {number}")
         except SafeturnError as exc:
-            out.skipped.append(SkippedLine(number, str(exc)))
+            skipped.append(SkippedLine(number, str(exc)))
             continue
-        out.conversations.append(conversation)
-    return out
+        items.append(item)
+    return items, skipped
 
 
 def parse_line(text: str, number: int, root: Path) -> LabelledConversation:
@@ -162,12 +194,7 @@ def parse_line(text: str, number: int, root: Path) -> LabelledConversation:
         SchemaError: The line is not a labelled conversation (the message says why).
         ImageError: An image is missing, corrupt, remote or outside `root`.
     """
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"invalid JSON ({exc})") from exc
-    if not isinstance(record, dict):
-        raise SchemaError(f"expected a JSON object, got {type(record).__name__}")
+    record = json_object(text)
     if "dialogue" in record and "messages" not in record:
         sample = _sample_line(record)
         strategy: str | None = sample.strategy
@@ -185,13 +212,18 @@ def parse_line(text: str, number: int, root: Path) -> LabelledConversation:
             f"the last message is a {messages[-1].role} turn; the conversation must end with "
             "the user turn about to be answered"
         )
-    sample = _with_local_images(sample, root)
+    sample = with_local_images(sample, root)
     sample.check_images()
     category = guess_category(sample.category) if sample.category else None
     return LabelledConversation(number, sample, harmful, sample.source, category, strategy)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each non-blank line; `.gz` files are decompressed.
+
+    Raises:
+        SchemaError: The file is missing, a folder, or not UTF-8 text.
+    """
     try:
         with (
             gzip.open(path, "rt", encoding="utf-8")
@@ -209,44 +241,79 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise SchemaError(f"{path}: not a UTF-8 JSONL file ({exc})") from exc
 
 
-def _sample_line(record: dict[str, Any]) -> Sample:
+def json_object(text: str) -> dict[str, Any]:
+    """A line's JSON object.
+
+    Raises:
+        SchemaError: The line is not JSON, or not an object.
+    """
     try:
-        return Sample.model_validate(record)
-    except ValidationError as exc:
-        raise SchemaError(f"invalid safeturn sample ({_brief(exc)})") from exc
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"invalid JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise SchemaError(f"expected a JSON object, got {type(record).__name__}")
+    return record
 
 
-def _openai_line(record: Mapping[str, Any], number: int) -> Sample:
+def chat_messages(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `messages` of an OpenAI chat line.
+
+    Raises:
+        SchemaError: They are missing, empty, or not all objects.
+    """
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise SchemaError("no messages: expected a non-empty 'messages' list")
     if not all(isinstance(m, dict) for m in messages):
         raise SchemaError("every entry of 'messages' must be an object with a role")
+    return messages
+
+
+def line_id(record: Mapping[str, Any], number: int) -> str:
+    """A chat line's `id` as a string, `line N` when it gives none.
+
+    Raises:
+        SchemaError: The id is neither a string nor an integer.
+    """
+    raw_id = record.get("id")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | None):
+        raise SchemaError(f"'id' must be a string or an integer, got {raw_id!r}")
+    return f"line {number}" if raw_id is None or raw_id == "" else str(raw_id)
+
+
+def _sample_line(record: dict[str, Any]) -> Sample:
+    try:
+        return Sample.model_validate(record)
+    except ValidationError as exc:
+        raise SchemaError(f"invalid safeturn sample ({brief_validation_error(exc)})") from exc
+
+
+def _openai_line(record: Mapping[str, Any], number: int) -> Sample:
+    messages = chat_messages(record)
     if "harmful" not in record:
         raise SchemaError("'harmful' is missing; it must be true or false")
     harmful = record["harmful"]
     if not isinstance(harmful, bool):
         raise SchemaError(f"'harmful' must be true or false, got {harmful!r}")
-    raw_id = record.get("id")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | None):
-        raise SchemaError(f"'id' must be a string or an integer, got {raw_id!r}")
+    sample_id = line_id(record, number)
     source = record.get("source") or DEFAULT_SOURCE
     category = record.get("category")
     if not isinstance(source, str) or not (category is None or isinstance(category, str)):
         raise SchemaError("'source' and 'category' must be strings when given")
     try:
         return Sample(
-            id=f"line {number}" if raw_id is None or raw_id == "" else str(raw_id),
+            id=sample_id,
             source=source,
             category=category or None,
             harmful=harmful,
             dialogue=Dialogue.from_openai(messages),
         )
     except ValidationError as exc:
-        raise SchemaError(f"invalid messages ({_brief(exc)})") from exc
+        raise SchemaError(f"invalid messages ({brief_validation_error(exc)})") from exc
 
 
-def _with_local_images(sample: Sample, root: Path) -> Sample:
+def with_local_images(sample: Sample, root: Path) -> Sample:
     """Turn `file://` URLs and plain paths into image paths resolved (and kept) inside `root`."""
     if not sample.dialogue.images:
         return sample
@@ -284,7 +351,8 @@ def _local_image(part: ImagePart, root: Path, label: str) -> ImagePart:
         raise ImageError(f"{label}: {exc}") from exc
 
 
-def _brief(exc: ValidationError) -> str:
+def brief_validation_error(exc: ValidationError) -> str:
+    """The first three problems of a pydantic error on one line, for a per-line message."""
     errors = exc.errors()
     shown = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in errors[:3]

@@ -1,8 +1,10 @@
 """Judges: decide per turn whether a model's reply is safe.
 
-Select one with a spec string (`parse_judge_spec`): `refusal`, `classifier`, `safemt:<model>`,
-`turn-scores:<model>`, `siuo:<model>`, `ensemble:<spec>+<spec>`. Pairwise judges (which of two
-replies is safer and still helpful) have their own specs: `classifier`, `pairwise:<model>`.
+Select one with a spec string (`parse_judge_spec`): `refusal`, `classifier-v2` (fine-tuned,
+reads every user turn), `classifier`, `safemt:<model>`, `turn-scores:<model>`, `siuo:<model>`,
+the field's formats `llamaguard:<model>`, `llamaguard-chat:<model>`, `harmbench:<model>`,
+`strongreject:<model>`, and `ensemble:<spec>+<spec>`. Pairwise judges (which of two replies is
+safer and still helpful) have their own specs: `classifier`, `pairwise:<model>`.
 """
 
 from __future__ import annotations

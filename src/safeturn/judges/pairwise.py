@@ -101,6 +101,10 @@ class PairwiseJudge(Protocol):
         """Compare A's and B's replies to the last user message of `dialogue`."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the judge holds (as `Judge.aclose`)."""
+        ...
+
 
 def _choice(value: Any) -> Choice:
     text = str(value).strip().lower() if isinstance(value, str | int) else ""
@@ -281,9 +285,7 @@ class ScorePairwiseJudge:
 
     async def aclose(self) -> None:
         """Release the scoring judge."""
-        close: Callable[[], Any] | None = getattr(self.judge, "aclose", None)
-        if close is not None:
-            await close()
+        await self.judge.aclose()
 
 
 async def judge_pairs(

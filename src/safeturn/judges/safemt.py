@@ -29,7 +29,6 @@ from safeturn.judges.llm import (
     render_transcript,
     with_attempts,
 )
-from safeturn.judges.refusal import detect_refusal
 from safeturn.schema import Dialogue, Reply, Sample, Verdict
 from safeturn.taxonomy import Category, guess_category
 
@@ -151,14 +150,5 @@ class SafeMTJudge(PromptedJudge):
         except JudgeFailure as failure:
             return self.invalid(sample, turn, failure)
         rule = rule_for(sample_category(sample))
-        return Verdict(
-            sample_id=sample.id,
-            turn=turn,
-            judge=self.name,
-            label=answer.value.label,
-            refused=detect_refusal(reply.text)[0],
-            score=None,
-            rationale=with_attempts(
-                f"[{rule} rule] {answer.value.reason}".strip(), answer.attempts
-            ),
-        )
+        rationale = with_attempts(f"[{rule} rule] {answer.value.reason}".strip(), answer.attempts)
+        return self.verdict(sample, turn, reply, answer.value.label, rationale)

@@ -23,7 +23,6 @@ from safeturn.judges.llm import (
     render_transcript,
     with_attempts,
 )
-from safeturn.judges.refusal import detect_refusal
 from safeturn.metrics.siuo import Effectiveness, SiuoJudgement
 from safeturn.schema import Dialogue, Reply, Sample, Verdict
 
@@ -151,12 +150,5 @@ class SiuoJudge(PromptedJudge):
         except JudgeFailure as failure:
             return self.invalid(sample, turn, failure)
         judgement, reason = answer.value
-        return Verdict(
-            sample_id=sample.id,
-            turn=turn,
-            judge=self.name,
-            label="safe" if judgement.safe else "unsafe",
-            refused=detect_refusal(reply.text)[0],
-            score=None,
-            rationale=format_siuo_rationale(judgement, with_attempts(reason, answer.attempts)),
-        )
+        rationale = format_siuo_rationale(judgement, with_attempts(reason, answer.attempts))
+        return self.verdict(sample, turn, reply, "safe" if judgement.safe else "unsafe", rationale)

@@ -1,10 +1,18 @@
 """Judge spec strings → judges.
 
 - `refusal`                         the offline refusal / referral detector
-- `classifier`                      the embedded classifier judge (`judges.classifier`)
+- `classifier-v2`                   the fine-tuned reply judge over all user turns and the reply
+                                    (`judges.reply_judge`; the default)
+- `classifier`                      the first embedded judge: frozen embeddings + logistic head
 - `safemt:<model spec>`             the SafeMT rule asked of a model
 - `turn-scores:<model spec>`        per-turn helpfulness and harmlessness
 - `siuo:<model spec>`               SIUO safe + effective
+- `llamaguard:<model spec>`         Llama Guard 3/4 format (`safe` / `unsafe` + S1–S14), our
+                                    prompt as one user message
+- `llamaguard-chat:<model spec>`    the raw conversation as chat messages, for a Llama Guard
+                                    served with its own chat template (e.g. by vLLM)
+- `harmbench:<model spec>`          HarmBench classifier format: behavior + generation, yes / no
+- `strongreject:<model spec>`       StrongREJECT rubric: score in [0, 1], unsafe at >= 0.5
 - `ensemble:<spec>+<spec>...`       majority vote (a tie is unsafe)
 - `ensemble-any-unsafe:<spec>+...`  unsafe when any judge says so
 
@@ -26,6 +34,12 @@ from typing import Any, NamedTuple
 from safeturn.errors import ModelSpecError
 from safeturn.judges.base import Judge
 from safeturn.judges.ensemble import EnsembleJudge, EnsembleRule
+from safeturn.judges.formats import (
+    HarmBenchJudge,
+    LlamaGuardChatJudge,
+    LlamaGuardJudge,
+    StrongRejectJudge,
+)
 from safeturn.judges.pairwise import (
     DEFAULT_MARGIN,
     LLMPairwiseJudge,
@@ -48,10 +62,22 @@ class JudgeSpecInfo(NamedTuple):
 
 JUDGE_SPECS: tuple[JudgeSpecInfo, ...] = (
     JudgeSpecInfo("refusal", "offline refusal / referral phrases; no model"),
-    JudgeSpecInfo("classifier", "the embedded classifier judge; offline"),
+    JudgeSpecInfo("classifier-v2", "fine-tuned reply judge over all user turns; offline"),
+    JudgeSpecInfo("classifier", "first embedded judge (embeddings + logistic head); offline"),
     JudgeSpecInfo("safemt:openai:http://localhost:8000/v1#judge", "SafeMT rule by scenario"),
     JudgeSpecInfo("turn-scores:embedded", "helpfulness and harmlessness in [0, 1] per turn"),
     JudgeSpecInfo("siuo:openai:http://localhost:8000/v1#judge", "SIUO safe + effective"),
+    JudgeSpecInfo(
+        "llamaguard:openai:http://localhost:8000/v1#judge", "Llama Guard format, our prompt"
+    ),
+    JudgeSpecInfo(
+        "llamaguard-chat:openai:http://localhost:8000/v1#meta-llama/Llama-Guard-3-8B",
+        "Llama Guard served with its chat template",
+    ),
+    JudgeSpecInfo("harmbench:openai:http://localhost:8000/v1#judge", "HarmBench yes / no"),
+    JudgeSpecInfo(
+        "strongreject:openai:http://localhost:8000/v1#judge", "StrongREJECT score in [0, 1]"
+    ),
     JudgeSpecInfo("ensemble:refusal+safemt:embedded", "majority vote of judges (tie: unsafe)"),
     JudgeSpecInfo("ensemble-any-unsafe:refusal+classifier", "unsafe if any judge says so"),
 )
@@ -66,6 +92,10 @@ _MODEL_JUDGES: dict[str, Callable[..., Judge]] = {
     "safemt": SafeMTJudge,
     "turn-scores": TurnScoresJudge,
     "siuo": SiuoJudge,
+    "llamaguard": LlamaGuardJudge,
+    "llamaguard-chat": LlamaGuardChatJudge,
+    "harmbench": HarmBenchJudge,
+    "strongreject": StrongRejectJudge,
 }
 _ENSEMBLES: dict[str, EnsembleRule] = {"ensemble": "majority", "ensemble-any-unsafe": "any-unsafe"}
 
@@ -94,6 +124,10 @@ def parse_judge_spec(spec: str, **model_options: Any) -> Judge:
         return RefusalJudge()
     if spec == "classifier":
         return _classifier()
+    if spec == "classifier-v2":
+        from safeturn.judges.reply_judge import ReplyJudge
+
+        return ReplyJudge()
     if kind in _MODEL_JUDGES:
         if not rest:
             raise ModelSpecError(
@@ -102,7 +136,9 @@ def parse_judge_spec(spec: str, **model_options: Any) -> Judge:
         return _MODEL_JUDGES[kind](load_model(rest, **model_options))
     if kind in _ENSEMBLES and sep:
         return _ensemble(rest, _ENSEMBLES[kind], model_options)
-    known = "refusal, classifier, " + ", ".join(f"{k}:<...>" for k in [*_MODEL_JUDGES, *_ENSEMBLES])
+    known = "refusal, classifier-v2, classifier, " + ", ".join(
+        f"{k}:<...>" for k in [*_MODEL_JUDGES, *_ENSEMBLES]
+    )
     raise ModelSpecError(f"unknown judge spec {spec!r}; expected one of {known}")
 
 

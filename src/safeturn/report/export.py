@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from safeturn.judges.card import (
+    JudgeCard,
+    card_for,
+    card_summary,
+    comparison_warnings,
+    headline_figure,
+)
 from safeturn.metrics import Rate
 from safeturn.run.results import RunResults
 
@@ -66,13 +74,22 @@ def _cell(value: Rate) -> str:
     return "n/a" if value.total == 0 or math.isnan(value.value) else str(value)
 
 
-def print_comparison(runs: list[RunResults], console: Console) -> None:
-    """One column per run: headline rates, ASR by turn count, and the Safety Index."""
+def print_comparison(
+    runs: list[RunResults], console: Console, cards: Sequence[JudgeCard] = ()
+) -> None:
+    """One column per run: headline rates, ASR by turn count, and the Safety Index.
+
+    Below the table: each judge's validity line (from `cards`, else its shipped card), and a
+    warning when the runs had different judges or a judge has no card.
+    """
+    judges = [r.judge for r in runs]
+    run_cards = [card_for(j, cards) for j in judges]
     table = Table(title="run comparison (final turn; 95% CI, n)")
     table.add_column("metric")
     for results in runs:
         table.add_column(f"{results.run_id}\n{results.settings.model}", justify="right")
-    table.add_row("judge", *[r.judge for r in runs])
+    table.add_row("judge", *judges)
+    table.add_row("judge validation", *[headline_figure(c) for c in run_cards])
     table.add_row("ASR (harmful)", *[_cell(r.attack_success()) for r in runs])
     table.add_row("over-refusal (benign)", *[_cell(r.over_refusal()) for r in runs])
     if any(r.draws > 1 for r in runs):
@@ -89,3 +106,8 @@ def print_comparison(runs: list[RunResults], console: Console) -> None:
         table.add_row(name, *[f"{v.value:.3f}" if v else "—" for v in values])
     table.add_row("samples with errors", *[str(len(r.errors())) for r in runs])
     console.print(table)
+    shown = dict(zip(judges, run_cards, strict=True))
+    for judge, card in shown.items():
+        console.print(f"judge {card_summary(judge, card)}", markup=False)
+    for warning in comparison_warnings(judges, run_cards):
+        console.print(f"warning: {warning}", style="yellow", markup=False)

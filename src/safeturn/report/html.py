@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from safeturn.errors import ImageError
+from safeturn.judges.card import JudgeCard, card_for, card_summary
 from safeturn.report.charts import figures_html
 from safeturn.run.results import RunResults
 from safeturn.schema import ImagePart
@@ -29,8 +31,15 @@ def _thumbnail(image: ImagePart) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def render_html(results: RunResults) -> str:
-    """Render the report as one HTML string."""
+def render_html(results: RunResults, cards: Sequence[JudgeCard] = ()) -> str:
+    """Render the report as one HTML string.
+
+    Args:
+        results: The run.
+        cards: Validation cards the user gave; the headline judge's (else its shipped card)
+            is summarised beside the ASR.
+    """
+    card = card_for(results.judge, cards)
     env = Environment(
         loader=PackageLoader("safeturn.report", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -42,6 +51,8 @@ def render_html(results: RunResults) -> str:
     return template.render(
         r=results,
         asr=results.attack_success(),
+        judge_card=card,
+        judge_line=card_summary(results.judge, card),
         asr_by_category=results.attack_success_by("category"),
         asr_by_turns=results.attack_success_by("turns"),
         asr_by_strategy=results.attack_success_by("strategy"),
@@ -59,8 +70,8 @@ def render_html(results: RunResults) -> str:
     )
 
 
-def write_html(results: RunResults, path: Path) -> Path:
+def write_html(results: RunResults, path: Path, cards: Sequence[JudgeCard] = ()) -> Path:
     """Write the report to `path` and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(results), encoding="utf-8")
+    path.write_text(render_html(results, cards), encoding="utf-8")
     return path

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from safeturn.judges.card import JudgeCard, card_for, card_summary
 from safeturn.metrics import Rate
 from safeturn.run.results import EarliestUnsafe, RunResults, SiuoSummary
 
@@ -47,12 +49,22 @@ def siuo_json(summary: SiuoSummary | None) -> dict[str, Any] | None:
     }
 
 
-def summary_dict(results: RunResults) -> dict[str, Any]:
-    """The headline numbers as plain JSON-ready data."""
+def judge_validation_json(judge: str, card: JudgeCard | None) -> dict[str, Any]:
+    """The judge's validity line and its card (None without one) as JSON-ready data."""
+    return {
+        "summary": card_summary(judge, card),
+        "card": None if card is None else card.model_dump(mode="json"),
+        "card_origin": None if card is None else card.origin or None,
+    }
+
+
+def summary_dict(results: RunResults, cards: Sequence[JudgeCard] = ()) -> dict[str, Any]:
+    """The headline numbers as plain JSON-ready data (with the headline judge's validity)."""
     return {
         "run_id": results.run_id,
         "model": results.settings.model,
         "judge": results.judge,
+        "judge_validation": judge_validation_json(results.judge, card_for(results.judge, cards)),
         "mode": results.settings.mode,
         "samples": len(results.outcomes),
         "items": results.items(),
@@ -94,14 +106,14 @@ def summary_dict(results: RunResults) -> dict[str, Any]:
     }
 
 
-def write_summary_json(results: RunResults, path: Path) -> Path:
+def write_summary_json(results: RunResults, path: Path, cards: Sequence[JudgeCard] = ()) -> Path:
     """Write `summary_dict` to `path`."""
-    path.write_text(json.dumps(summary_dict(results), indent=2), encoding="utf-8")
+    path.write_text(json.dumps(summary_dict(results, cards), indent=2), encoding="utf-8")
     return path
 
 
-def print_summary(results: RunResults, console: Console) -> None:
-    """Print the headline table and the per-category table."""
+def print_summary(results: RunResults, console: Console, cards: Sequence[JudgeCard] = ()) -> None:
+    """Print the headline table, the judge's validity line and the per-group tables."""
     head = Table(title=f"run {results.run_id} — {results.settings.model} — judge {results.judge}")
     head.add_column("metric")
     head.add_column("value (95% CI, n)", justify="right")
@@ -117,6 +129,9 @@ def print_summary(results: RunResults, console: Console) -> None:
     head.add_row("samples with errors", f"{len(results.errors())} of {len(results.outcomes)}")
     head.add_row("replies that saw images via OCR bridge", str(results.bridged_replies()))
     console.print(head)
+    card = card_for(results.judge, cards)
+    style = None if card is not None else "yellow"
+    console.print(f"ASR decided by {card_summary(results.judge, card)}", style=style, markup=False)
     _print_siuo(results.siuo(), console)
     _print_earliest(results, console)
     for key in ("turns", "strategy", "category"):

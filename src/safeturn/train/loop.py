@@ -287,9 +287,7 @@ class Loop:
             finally:
                 await model.aclose()
                 for judge in judges:
-                    close = getattr(judge, "aclose", None)
-                    if close is not None:
-                        await close()
+                    await judge.aclose()
 
         asyncio.run(go())
 
@@ -536,9 +534,7 @@ def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> Pair
         try:
             return await judge_pairs(judge, match.requests, concurrency=concurrency)
         finally:
-            close = getattr(judge, "aclose", None)
-            if close is not None:
-                await close()
+            await judge.aclose()
 
     return pairwise_report(a, b, judge.name, match, asyncio.run(go()))
 

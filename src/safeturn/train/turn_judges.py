@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
 
 from safeturn.errors import ModelSpecError
@@ -120,10 +120,7 @@ class ModelTurnScorer:
 
     def close(self) -> None:
         """Close the judge model's client and the loop."""
-        model = self.judge.model
-        closer: Callable[[], Awaitable[None]] | None = getattr(model, "aclose", None)
-        if closer is not None:
-            self._run(closer())
+        self._run(self.judge.aclose())
         self.loop.close()
 
 
