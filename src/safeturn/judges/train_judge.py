@@ -540,7 +540,7 @@ def main(
         out: Where the weights go (metadata beside them as `.json`).
         config: Training settings.
         loso: Families to hold out, one fold each; empty skips the folds.
-        card_path: Where the validation card goes; None writes none.
+        card_path: Where the validation card goes; None (or no folds) writes none.
         log: Progress lines.
 
     Returns:
@@ -564,7 +564,7 @@ def main(
         "leave_one_source_out": folds,
         "in_distribution_test": test,
     }
-    if card_path is not None:
+    if card_path is not None and folds:  # without folds there is nothing held out to report
         write_card(model.metadata, card_path)
     for fold in [*folds.values(), *test.values()]:
         fold.pop("pooled", None)  # per-reply scores: the card holds their summary
