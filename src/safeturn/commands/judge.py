@@ -87,7 +87,7 @@ def train_reply_judge_command(
     ] = 1,
     seed: Annotated[int, typer.Option(help="seeds the splits, hard cases and training")] = 0,
 ) -> None:
-    """Train the `classifier-v2` judge; report it leave-one-source-out (an hour on 2 cores)."""
+    """Train the `classifier-v2` judge and report it leave-one-source-out (~30 min, 2 cores)."""
     from safeturn.judges.cross_encoder import DEFAULT_WEIGHTS
     from safeturn.judges.judge_card import DEFAULT_CARD, fold_rows
     from safeturn.judges.train_judge import TrainConfig, main
