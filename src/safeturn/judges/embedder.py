@@ -48,7 +48,8 @@ MAX_TOKENS = 256
 TOKEN_BUDGET = 2048
 """Most padded tokens per forward pass (see `fast_inference.length_buckets`)."""
 
-_LOCK = threading.Lock()
+ENCODER_LOCK = threading.Lock()
+"""Serialises forward passes on the shared encoder (and its first load) across threads."""
 
 
 def model_dir() -> Path:
@@ -76,8 +77,12 @@ def model_dir() -> Path:
 
 
 @functools.cache
-def _encoder(precision: Precision = "fp32") -> tuple[Any, Any]:
-    """Load (tokenizer, model) once per process and precision, offline, for CPU inference."""
+def encoder(precision: Precision = "fp32") -> tuple[Any, Any]:
+    """Load (tokenizer, model) once per process and precision, offline, for CPU inference.
+
+    Every user of all-MiniLM-L6-v2 in the process (these embeddings, the guard, the fine-tuned
+    reply judge) shares this copy; call it under `ENCODER_LOCK`.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     folder = model_dir()
@@ -130,8 +135,8 @@ def embed(
     import torch.nn.functional as functional
 
     resolved = inference_precision(precision)
-    with _LOCK, torch_threads(inference_threads()):
-        tokenizer, model = _encoder(resolved)  # under the lock: loaded once when threads race
+    with ENCODER_LOCK, torch_threads(inference_threads()):
+        tokenizer, model = encoder(resolved)  # under the lock: loaded once when threads race
         encoded = tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
         lengths = [len(ids) for ids in encoded]
         for chunk in length_buckets(lengths, batch_size=batch_size, token_budget=token_budget):
