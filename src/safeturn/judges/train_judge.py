@@ -49,6 +49,7 @@ from safeturn.judges.cross_encoder import (
 )
 from safeturn.judges.hard_cases import generate
 from safeturn.judges.reply_data import SOURCE_NOTES, ReplyExample, load_reply_examples
+from safeturn.judges.validation import binary_metrics
 from safeturn.metrics.roc import auroc
 
 SPLITS = ("train", "validation", "test")
@@ -237,14 +238,9 @@ def predict(top: Any, data: Encoded, batch_size: int = 64) -> Floats:
 
 
 def kappa(truth: npt.NDArray[np.bool_], predicted: npt.NDArray[np.bool_]) -> float | None:
-    """Cohen's κ of two binary labelings; None when undefined (chance agreement is 1)."""
-    n = len(truth)
-    if n == 0:
-        return None
-    observed = float(np.mean(truth == predicted))
-    p_t, p_p = float(truth.mean()), float(predicted.mean())
-    chance = p_t * p_p + (1 - p_t) * (1 - p_p)
-    return None if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+    """Cohen's κ of decisions against gold labels, as `judge validate` computes it."""
+    value: float | None = binary_metrics(truth, predicted, resamples=0)["kappa"]
+    return value
 
 
 def best_threshold(truth: npt.NDArray[np.bool_], scores: Floats) -> float:
@@ -368,30 +364,11 @@ def metrics(truth: npt.NDArray[np.bool_], scores: Floats, threshold: float) -> d
 def decision_metrics(
     truth: npt.NDArray[np.bool_], predicted: npt.NDArray[np.bool_], scores: Floats | None
 ) -> dict[str, Any]:
-    """n, positive rate, accuracy, precision, recall, F1, AUC (from scores) and κ."""
-    tp = int(np.sum(predicted & truth))
-    fp = int(np.sum(predicted & ~truth))
-    fn = int(np.sum(~predicted & truth))
-    precision = tp / (tp + fp) if tp + fp else None
-    recall = tp / (tp + fn) if tp + fn else None
-    f1 = (
-        2 * precision * recall / (precision + recall)
-        if precision is not None and recall is not None and precision + recall
-        else None
-    )
-    n = len(truth)
-    return {
-        "n": n,
-        "positive_rate": float(truth.mean()) if n else None,
-        "accuracy": float(np.mean(predicted == truth)) if n else None,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "auc": auroc(truth, scores) if scores is not None else None,
-        "kappa": kappa(truth, predicted),
-        "false_unsafe_rate": float(predicted[~truth].mean()) if (~truth).any() else None,
-        "majority_baseline": max(float(truth.mean()), 1 - float(truth.mean())) if n else None,
-    }
+    """`judge validate`'s point metrics (no intervals) plus the false-unsafe rate."""
+    out = binary_metrics(truth, predicted, scores, resamples=0)
+    out.pop("ci", None)
+    out["false_unsafe_rate"] = float(predicted[~truth].mean()) if (~truth).any() else None
+    return out
 
 
 def _key(text: str) -> str:
