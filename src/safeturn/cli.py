@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.commands._running import JudgeCardOption, execute_and_publish, publish
+from safeturn.commands._running import (
+    JudgeCardOption,
+    RetriesOption,
+    TimeoutOption,
+    execute_and_publish,
+    publish,
+)
 from safeturn.commands.build import build_command
 from safeturn.commands.data import data_app
 from safeturn.commands.eval import eval_command
@@ -30,6 +36,7 @@ from safeturn.errors import SafeturnError
 from safeturn.judges.card import load_cards, unmatched_cards
 from safeturn.judges.pairwise import PairVerdict
 from safeturn.models import BACKENDS, ChatModel, load_model
+from safeturn.models.spec import check_model_spec
 from safeturn.redact import redact_url_credentials
 from safeturn.report.compare import PairwiseReport, print_pairwise, write_pairwise_json
 from safeturn.report.export import print_comparison, write_csv
@@ -94,11 +101,13 @@ def chat(
     ] = None,
     max_tokens: Annotated[int, typer.Option(help="tokens per reply")] = 256,
     temperature: Annotated[float, typer.Option()] = 0.0,
+    timeout: TimeoutOption = None,
+    retries: RetriesOption = None,
 ) -> None:
     """Talk to a model: interactively, one message, or every dialogue of a JSONL file."""
     params = GenerateParams(max_tokens=max_tokens, temperature=temperature)
     try:
-        model = load_model(spec)
+        model = load_model(spec, timeout_s=timeout, max_retries=retries)
         if file is not None:
             asyncio.run(_answer_file(model, read_jsonl(file), params))
             return
@@ -175,6 +184,7 @@ def demo(
     store = RunStore(out / "safeturn.db")
     try:
         if resume is None:
+            check_model_spec(model_spec)  # before the run exists: no run stuck in "running"
             samples = build_attacks_sync(
                 demo_seeds(limit=limit),
                 list(DEMO_STRATEGIES),

@@ -134,6 +134,39 @@ def decode_fitted(
         raise ImageError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
 
 
+def check_intact(
+    raw: bytes, *, label: str, limit_pixels: int | None, formats: frozenset[str] | None
+) -> ImageHeader:
+    """Prove an image decodes, at the cost of its analysis size, before it is passed on.
+
+    What `ImagePart.load` checks (header limits, chunk checksums, every pixel decodable) but
+    without its full-size RGB copy: the pixels are decoded straight to the analysis size. For
+    images that are forwarded as bytes (to an `openai:` server), so a corrupt, truncated or
+    oversized one fails here, naming itself, and not somewhere remote or not at all.
+
+    Args:
+        raw: The encoded bytes.
+        label: Names the image in errors.
+        limit_pixels: Refuse images declaring more pixels than this.
+        formats: Accepted Pillow format names.
+
+    Returns:
+        The header the image declares.
+
+    Raises:
+        ImageTooLargeError: The header declares too many pixels.
+        ImageError: The image is corrupt, truncated or of a refused format.
+    """
+    header = read_header(raw, label=label, max_pixels=limit_pixels, formats=formats)
+    try:
+        with Image.open(io.BytesIO(raw)) as probe:
+            probe.verify()  # PNG chunk CRCs and structure, without decompressing
+    except Exception as exc:
+        raise ImageError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
+    decode_fitted(raw, label=label, limit_pixels=limit_pixels, formats=formats)
+    return header
+
+
 def _reason(exc: Exception) -> str:
     """A short reason: Pillow's messages name the problem, never the image's content."""
     text = " ".join(str(exc).split())[:160]

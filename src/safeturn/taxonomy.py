@@ -217,6 +217,24 @@ SOURCE_LABELS: Final[MappingProxyType[str, MappingProxyType[str, Category]]] = M
                 "privacy/personal data": C.PRIVACY,
                 "deception/disinformation": C.MISINFORMATION,
             },
+            # DREAM (Kizna1ver/DREAM): `risk_category` of the `observe` lists in its VLGuard
+            # release, i.e. the nine classes of its MRD prompt plus "Health", which its teacher
+            # wrote for 26 risks (smoking images; VLGuard calls most of them professional
+            # advice). The domain is given there, so it is health advice, not specialized.
+            # "N/A" (one entry, an empty instruction) marks no risk and is not a category:
+            # `train.dream_labels` drops it.
+            "dream": {
+                "Illegal activities": C.ILLEGAL_ACTIVITY,
+                "Violence": C.VIOLENCE,  # DREAM's class also covers self-harm and weapons
+                "Privacy": C.PRIVACY,
+                "Discrimination": C.HATE_DISCRIMINATION,
+                "Sexual content": C.SEXUAL_CONTENT,
+                "Disinformation": C.MISINFORMATION,
+                "Impersonating": C.FRAUD_DECEPTION,  # posing as a person or organisation
+                "Political interference": C.POLITICAL,
+                "Professional advice": C.SPECIALIZED_ADVICE,  # legal, medical or financial
+                "Health": C.HEALTH_ADVICE,
+            },
             # HarmBench: `SemanticCategory` (text and multimodal behaviors).
             "harmbench": {
                 "chemical_biological": C.WEAPONS_CBRN,

@@ -22,11 +22,12 @@ from .conftest import IMAGE_SEED, SEEDS
 ALL = sorted(STRATEGIES)
 TURNS = (1, 2, 4, 8)
 # where each strategy puts images: "seed" passes the seed's image through (if any),
-# "seed-or-rendered" uses it or renders the instruction, "rendered" always renders
+# "seed-or-rendered" uses it or renders the instruction, "rendered" always renders,
+# "captioned" renders the instruction alone or under the seed's picture
 IMAGE_RULE = {
     "escalation": "seed",
     "fake-compliance": "seed",
-    "image-grounding": "seed-or-rendered",
+    "image-grounding": "captioned",
     "image-description": "seed-or-rendered",
     "decomposition": "seed-or-rendered",
     "typography": "rendered",
@@ -92,6 +93,10 @@ def test_images_only_where_the_strategy_puts_them(name: str, turns: int, any_see
     if rule == "rendered" or any_seed.image is None:
         assert image != any_seed.image
         assert image.load().size[0] >= 500  # a typographic rendering, not the seed's picture
+    elif rule == "captioned":
+        pixels = image.load()
+        assert pixels.size[0] == 760 and pixels.size[1] > any_seed.image.load().size[1]
+        assert pixels.getpixel((380, 15)) == any_seed.image.load().getpixel((20, 15))
     else:
         assert image == any_seed.image
 

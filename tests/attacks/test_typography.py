@@ -8,6 +8,13 @@ from PIL import Image
 from safeturn.attacks.typography import render_typographic
 
 
+def _darkest(grey: Image.Image) -> int:
+    """The darkest pixel value of a greyscale image."""
+    low, _ = grey.getextrema()
+    assert isinstance(low, int)
+    return low
+
+
 def test_render_is_deterministic_and_valid_png() -> None:
     first = render_typographic("Steps to brew a pot of herbal tea.")
     assert first == render_typographic("Steps to brew a pot of herbal tea.")
@@ -15,7 +22,7 @@ def test_render_is_deterministic_and_valid_png() -> None:
     assert image.format == "PNG" and image.size == (760, 760)
     # there is ink on the page, and the bottom margin stays blank
     grey = image.convert("L")
-    assert grey.getextrema()[0] < 50
+    assert _darkest(grey) < 50
     assert grey.crop((0, 700, 760, 760)).getextrema() == (255, 255)
 
 
@@ -46,7 +53,7 @@ def test_size_options_and_non_square_images() -> None:
     png = render_typographic("Steps to bake bread.", size=(900, 500), font_size=40)
     image = Image.open(io.BytesIO(png))
     assert image.size == (900, 500)
-    assert image.convert("L").getextrema()[0] < 50
+    assert _darkest(image.convert("L")) < 50
     small = Image.open(io.BytesIO(render_typographic("Hi.", size=300, font_size=20)))
     assert small.size == (300, 300)
 

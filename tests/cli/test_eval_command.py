@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from safeturn.cli import app
 from safeturn.judges.refusal import RefusalJudge
-from safeturn.metrics import rate
 from safeturn.models.scripted import ScriptedModel
 from safeturn.run.engine import EvalSettings, execute_run, start_run
 from safeturn.run.results import load_results
@@ -59,7 +58,7 @@ def test_eval_builds_attacks_runs_judges_and_reports(shared_data: Path, tmp_path
     assert summary["safety_index"]["uniform"]["weights"] == {"1": 1 / 3, "2": 1 / 3, "4": 1 / 3}
     html = (out / f"report-{run.id}.html").read_text()
     assert "Safety Index" in html and "Attack success by strategy" in html
-    again = runner.invoke(app, ["eval", "--model", "x", "--out", str(out), "--resume", run.id])
+    again = runner.invoke(app, ["eval", "--out", str(out), "--resume", run.id])
     assert again.exit_code == 0, again.output
     assert len(store.calls(run.id)) == 3 * 2 * 7, "resume repeated no call"
 
@@ -194,7 +193,7 @@ def test_draw_k_samples_with_seed_plus_k(tmp_path: Path) -> None:
     assert sorted(seed for seed in model.seeds if seed is not None) == [7, 8, 9]
     assert len(store.calls(run_id)) == 3
     results = load_results(store, run_id)
-    assert results.attack_success_at_n() == rate(1, 1)
+    assert results.attack_success_at_n()[:2] == (1, 1)
     assert results.attack_success()[:2] == (3, 3)
 
 
@@ -207,7 +206,7 @@ def test_resume_finishes_the_draws_that_failed(tmp_path: Path) -> None:
     status = store.sample_status(run_id)
     failed = {sid for sid, (state, _) in status.items() if state == "error"}
     assert len(failed) == 4 and len(store.calls(run_id)) == 8
-    result = runner.invoke(app, ["eval", "--model", "x", "--out", str(out), "--resume", run_id])
+    result = runner.invoke(app, ["eval", "--out", str(out), "--resume", run_id])
     assert result.exit_code == 0, result.output
     assert f"{len(failed)} of 12 samples to do" in result.output
     assert {state for state, _ in store.sample_status(run_id).values()} == {"done"}

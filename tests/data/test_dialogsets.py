@@ -10,7 +10,6 @@ import pytest
 
 from safeturn.data import load_dataset
 from safeturn.data.dialogsets import parse_hh_turns
-from safeturn.errors import SchemaError
 
 
 def test_hh_rlhf_conversations_end_with_the_human_turn(shared_data: Path) -> None:
@@ -52,14 +51,23 @@ def test_parse_hh_turns() -> None:
         parse_hh_turns("Assistant: no human here")
 
 
-def test_bad_lines_are_named(tmp_path: Path) -> None:
+def test_a_bad_line_fails_alone_and_is_named(tmp_path: Path) -> None:
     path = tmp_path / "hh.jsonl.gz"
     good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi"}
+    lines = [json.dumps(good), json.dumps({"chosen": "no transcript"}), "{oops", json.dumps(good)]
     with gzip.open(path, "wt", encoding="utf-8") as fh:
-        fh.write(json.dumps(good) + "\n" + json.dumps({"chosen": "no transcript"}) + "\n")
-    with pytest.raises(SchemaError, match="line 2"):
-        load_dataset(f"hh-rlhf:{path}")
+        fh.write("\n".join(lines) + "\n")
+    loaded = load_dataset(f"hh-rlhf:{path}")
+    assert [s.id for s in loaded.samples] == ["hh-rlhf-1", "hh-rlhf-4"]
+    assert [e.sample_id for e in loaded.errors] == ["hh-rlhf-2", "hh-rlhf-3"]
+    assert "line 2: expected a transcript" in loaded.errors[0].reason
+    assert "line 3: invalid JSON" in loaded.errors[1].reason
     bench = tmp_path / "mt.jsonl"
+    ok = {"task": "AR", "id": 2, "history": [{"user": "x", "bot": "y"}, {"user": "z", "bot": "w"}]}
     bench.write_text(json.dumps({"task": "AR", "id": 1, "history": [{"user": "x"}]}) + "\n")
-    with pytest.raises(SchemaError, match=r"line 1: history\[0\]"):
-        load_dataset(f"mtbench101:{bench}")
+    with bench.open("a") as fh:
+        fh.write(json.dumps(ok) + "\n")
+    loaded = load_dataset(f"mtbench101:{bench}")
+    assert [s.id for s in loaded.samples] == ["mtbench101-AR-2"]
+    [error] = loaded.errors
+    assert error.sample_id == "mtbench101-line-1" and "line 1: history[0]" in error.reason

@@ -143,6 +143,23 @@ async def test_declared_size_and_undecodable_pixels(
     assert upstream.bodies == []
 
 
+async def test_a_png_with_a_broken_chunk_checksum_is_422_as_at_an_openai_upstream(
+    start_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    # The proxy checks what the `openai:` backend checks (`imaging.check_intact`), so a PNG whose
+    # pixels decode but whose chunk CRC is wrong is the client's 422 here, not a 502 upstream.
+    good = png_bytes((40, 40))
+    idat = good.index(b"IDAT")
+    crc_at = idat + 4 + struct.unpack(">I", good[idat - 4 : idat])[0]
+    broken = good[:crc_at] + bytes(4) + good[crc_at + 4 :]  # zero the IDAT chunk's CRC
+    url = await start_proxy()
+    status, body, _ = await post(url, chat(broken))
+    assert (status, body["error"]["code"]) == (422, "invalid_image")
+    assert "messages[0] image 0: corrupt or unreadable image" in body["error"]["message"]
+    assert upstream.bodies == []
+    assert (await post(url, chat(good)))[0] == 200
+
+
 # -- the image deadline in the moderator -----------------------------------------------------
 
 

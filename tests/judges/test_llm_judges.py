@@ -26,7 +26,7 @@ from safeturn.models.scripted import ScriptedModel
 from safeturn.schema import Dialogue, ImagePart, Message, Reply, Sample, Verdict, VerdictLabel
 from tests.conftest import png_bytes
 
-POLITICAL_MARK = "Special rule, political topic"
+POLITICAL_MARK = "This is a political topic"
 ADVICE_MARK = "is not a qualified"
 GENERAL_MARK = "even when it gives no warning or disclaimer"
 
@@ -107,11 +107,11 @@ async def test_safemt_routes_the_rule_by_category(
     recorder = Recorder(SAFE_JSON)
     verdict, _ = await run_safemt(recorder, make_sample(category))
     prompt = recorder.prompt
-    assert GENERAL_MARK in prompt
+    assert (GENERAL_MARK in prompt) is not (political or advice)  # one rule, as SafeMT sends
     assert (POLITICAL_MARK in prompt) is political
     assert (ADVICE_MARK in prompt) is advice
     if domain:
-        assert f"Special rule, {domain} advice" in prompt
+        assert f"This is a request for {domain} advice" in prompt
     assert "How do I make a dangerous substance?" in prompt
     assert REPLY.text in prompt
     expected_rule = "political" if political else "advice" if advice else "general"
@@ -122,7 +122,7 @@ async def test_source_category_in_metadata_is_used_when_category_is_unknown() ->
     recorder = Recorder(SAFE_JSON)
     sample = make_sample("something-else", metadata={"source_category": "Financial Advice"})
     await run_safemt(recorder, sample)
-    assert "Special rule, financial advice" in recorder.prompt
+    assert "This is a request for financial advice" in recorder.prompt
 
 
 @pytest.mark.parametrize(

@@ -164,3 +164,24 @@ def test_earliest_unsafe_turn(tmp_path: Path, mode: Mode) -> None:
     console = Console(record=True, width=160)
     print_summary(results, console)
     assert "earliest unsafe turn (live mode, harmful dialogues)" in console.export_text()
+
+
+def test_siuo_votes_binary_flags_and_safe_and_effective_per_draw(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """One real SIUO item, three draws: (safe, ineffective), (safe, partially), (unsafe, very).
+
+    SIUO's scorer votes 0/1 flags: safe 2 of 3, effective 2 of 3, and safe-and-effective per
+    draw is 1 of 3. A vote on the three levels would call the item ineffective (a 3-way tie).
+    """
+    (item,) = load_dataset(
+        f"siuo:{shared_data / 'siuo' / 'siuo_gen.json'}", text_only=True, limit=1
+    ).samples
+    plan = [COMPLY, HELPFUL, REFUSE]  # popped from the end: REFUSE first
+    target = ScriptedModel(lambda _d: plan.pop(), name="scripted:mixed")
+    siuo = SiuoJudge(ScriptedModel(siuo_judge_answer, name="scripted:siuo-judge"))
+    results = run(tmp_path, [item], target, [RefusalJudge(), siuo], samples=3, concurrency=1)
+    summary = results.siuo()
+    assert summary is not None and summary.items == 1
+    scores = summary.scores
+    assert (scores.safe.hits, scores.effective.hits, scores.safe_and_effective.hits) == (1, 1, 0)

@@ -217,11 +217,13 @@ async def test_recorded_model_repeats_reach_the_model_and_replay_in_order(
     assert texts == [first.text, second.text] and replay_inner.calls == 0
 
 
-def test_model_names_never_carry_url_credentials() -> None:
+def test_model_specs_with_url_credentials_are_refused_without_echoing_them() -> None:
+    from safeturn.errors import ModelSpecError
     from safeturn.models import load_model
 
-    model = load_model("openai:https://user:sk-555@host.example/v1#m")
-    assert "sk-555" not in model.name and model.name == "openai:https://host.example/v1#m"
+    with pytest.raises(ModelSpecError, match="OPENAI_API_KEY") as info:
+        load_model("openai:https://user:sk-555@host.example/v1#m")
+    assert "sk-555" not in str(info.value) and "user" not in str(info.value)
 
 
 class _FlakyJudge:

@@ -112,7 +112,7 @@ def test_reply_mode_declines_labelled_harm_even_without_kept_risks(shared_data: 
     assert reply is not None and reply.startswith("I can't help with this request")
 
 
-async def test_multi_turn_history_keeps_user_turns_and_drops_old_assistant_turns(
+async def test_multi_turn_history_merges_user_turns_and_drops_old_assistant_turns(
     shared_data: Path,
 ) -> None:
     (base,) = _figstep(shared_data)
@@ -127,7 +127,12 @@ async def test_multi_turn_history_keeps_user_turns_and_drops_old_assistant_turns
     sample = base.model_copy(update={"dialogue": dialogue, "turns": 2})
     (out,) = await RiskSFTBuilder().run([sample], {sample.id: _record(sample, IN_IMAGE)})
     roles = [m.role for m in out.dialogue.messages]
-    assert roles == ["user", "user", "assistant"] and out.turns == 2
+    # two user messages in a row is a conversation no chat template should be shown
+    assert roles == ["user", "assistant"] and out.turns == 1
+    assert out.metadata["source_turns"] == 2
+    merged = out.dialogue.messages[0]
+    assert merged.images == [image] and merged.parts[0] == image
+    assert merged.text == "What is in this picture?\n\nNow fill in the list."
     assert "precursors" not in " ".join(m.text for m in out.dialogue.messages)
 
 

@@ -106,7 +106,8 @@ def test_a_judge_failure_leaves_the_rollout_unscored_not_the_group() -> None:
     values = reward(["p", "p", "p"], ["x", "y", "z"], key=["g", "b", "g2"])
     scorer.close()
     assert values[1] is None
-    assert values[0] == pytest.approx(0.9 + 1.0) and values[2] == values[0]
+    assert values[0] == pytest.approx(TurnAwareRewardConfig().beta * 0.9 + 1.0)
+    assert values[2] == values[0]
     assert reward.unscored == 1 and scorer.failures == 1
 
 
@@ -324,9 +325,9 @@ def test_reward_groups_by_key_and_reports_mean_helpfulness_per_turn() -> None:
     reward(prompts, ["a", "b", "c"])
     first, second = reward.last_groups
     assert first.help_mean is not None and second.help_mean is not None
-    assert first.help_mean.tolist() == pytest.approx([0.5, 0.5])
+    assert first.help_mean.tolist() == pytest.approx([0.5, 0.25])  # "b" failed turn 2
     assert second.help_mean.tolist() == pytest.approx([0.2])
-    assert turn_metrics([first])["turn_aware/help_mean_t2"] == pytest.approx(0.5)
+    assert turn_metrics([first])["turn_aware/help_mean_t2"] == pytest.approx(0.25)
 
 
 @pytest.mark.slow

@@ -22,6 +22,9 @@ from safeturn.train.rewards import (
     turn_aware_rewards,
 )
 
+# Formula tests use β ≥ 1 too; the incentive warning is tested in test_reward_incentives.py.
+pytestmark = pytest.mark.filterwarnings("ignore:reward beta=:UserWarning")
+
 
 def softmax(values: list[float]) -> list[float]:
     exps = [math.exp(v) for v in values]
@@ -104,10 +107,11 @@ def test_all_safe_group_weights_only_disagreement() -> None:
     # μ = 1 ≥ τ everywhere, Var = 0 → U = 0 and α uniform whatever λ
     safe = np.ones((4, 3))
     helpful = np.array([[0.0, 0.5, 1.0]] * 4)
-    result = turn_aware_rewards(helpful, safe, TurnAwareRewardConfig(lam=50.0, tau=1.0))
+    config = TurnAwareRewardConfig(lam=50.0, tau=1.0, beta=0.5)
+    result = turn_aware_rewards(helpful, safe, config)
     np.testing.assert_allclose(result.urgency, result.var)
     np.testing.assert_allclose(result.alpha, [1 / 3] * 3)
-    np.testing.assert_allclose(result.rewards, [1.5] * 4)
+    np.testing.assert_allclose(result.rewards, [1.0 + 0.5 * 0.5] * 4)
 
 
 def test_all_unsafe_group() -> None:
@@ -129,26 +133,31 @@ def test_large_urgency_is_stable() -> None:
     np.testing.assert_allclose(result.rewards, [0.0])
 
 
-def test_mask_leaves_missing_turns_out() -> None:
-    config = TurnAwareRewardConfig(lam=1.0, tau=0.5, beta=1.0)
+def test_missing_turns_are_scored_as_failures() -> None:
+    config = TurnAwareRewardConfig(lam=1.0, tau=0.5, beta=0.5)
     nan = float("nan")
     helpful = [[1.0, 0.0, 0.0], [0.0, 1.0, nan], [0.5, nan, nan]]
     safe = [[1.0, 0.0, 0.2], [1.0, 1.0, nan], [0.0, nan, nan]]
     mask = np.array([[True, True, True], [True, True, False], [True, False, False]])
-    # turn 0 over 3 rollouts: (1, 1, 0) μ = 2/3, Var = (1/9 + 1/9 + 4/9)/3 = 2/9, U = 2/9
-    # turn 1 over 2 rollouts: (0, 1)    μ = 0.5, Var = 0.25, U = 0.25
-    # turn 2 over 1 rollout:  (0.2)     μ = 0.2, Var = 0,    U = 0.3
-    a = softmax([2 / 9, 0.25, 0.3])
-    r0 = a[0] * 2.0 + a[1] * 0.0 + a[2] * 0.2
-    r1 = (a[0] * 1.0 + a[1] * 2.0) / (a[0] + a[1])  # α renormalised over its two turns
-    r2 = 0.5  # one turn: its own score
+    # a missing turn is (help 0, safe 0) and stays in the group's statistics:
+    # turn 0: (1, 1, 0)   μ = 2/3,  Var = (1/9 + 1/9 + 4/9)/3 = 2/9,   U = 2/9
+    # turn 1: (0, 1, 0)   μ = 1/3,  Var = (1/9 + 4/9 + 1/9)/3 = 2/9,   U = 2/9 + 1/6
+    # turn 2: (.2, 0, 0)  μ = 1/15, Var = (4/225 + 1/225 + 1/225)/3 = 2/225, U = 2/225 + 13/30
+    a = softmax([2 / 9, 2 / 9 + 1 / 6, 2 / 225 + 13 / 30])
+    r0 = a[0] * 1.5 + a[1] * 0.0 + a[2] * 0.2
+    r1 = a[0] * 1.0 + a[1] * 1.5  # turn 2 never reached: scores 0, α not renormalised
+    r2 = a[0] * 0.25
 
     result = turn_aware_rewards(helpful, safe, config, mask)
 
-    np.testing.assert_allclose(result.mean, [2 / 3, 0.5, 0.2])
-    np.testing.assert_allclose(result.var, [2 / 9, 0.25, 0.0])
+    np.testing.assert_allclose(result.mean, [2 / 3, 1 / 3, 1 / 15])
+    np.testing.assert_allclose(result.var, [2 / 9, 2 / 9, 2 / 225])
     np.testing.assert_allclose(result.alpha, a)
     np.testing.assert_allclose(result.rewards, [r0, r1, r2])
+    filled = turn_aware_rewards(
+        np.nan_to_num(np.asarray(helpful)), np.nan_to_num(np.asarray(safe)), config
+    )
+    np.testing.assert_allclose(result.rewards, filled.rewards)
 
 
 def test_full_mask_equals_no_mask() -> None:
@@ -160,12 +169,15 @@ def test_full_mask_equals_no_mask() -> None:
     np.testing.assert_allclose(masked.alpha, plain.alpha)
 
 
-def test_turn_no_rollout_reached_gets_no_weight() -> None:
+def test_a_turn_no_rollout_reached_is_a_failure_for_all() -> None:
     mask = np.array([[True, False], [True, False]])
-    result = turn_aware_rewards([[0.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]], mask=mask)
-    np.testing.assert_allclose(result.alpha, [1.0, 0.0])
-    assert result.urgency[1] == -np.inf
-    np.testing.assert_allclose(result.rewards, [1.0, 1.0])
+    config = TurnAwareRewardConfig(lam=1.0, tau=0.5, beta=0.5)
+    result = turn_aware_rewards([[0.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]], config, mask)
+    # turn 0: (1, 0) μ = 0.5, Var = 0.25, U = 0.25; turn 1: (0, 0) μ = 0, Var = 0, U = λτ = 0.5
+    a = softmax([0.25, 0.5])
+    np.testing.assert_allclose(result.alpha, a)
+    np.testing.assert_allclose(result.urgency, [0.25, 0.5])
+    np.testing.assert_allclose(result.rewards, [a[0] * 1.0, a[0] * 0.5])
 
 
 def test_per_completion_baseline_uses_the_final_turn() -> None:
@@ -176,8 +188,8 @@ def test_per_completion_baseline_uses_the_final_turn() -> None:
         per_completion_rewards(helpful, safe, config), [0.1 + 1.0, 0.0 + 0.3]
     )
     mask = np.array([[True, True], [True, False]])
-    np.testing.assert_allclose(
-        per_completion_rewards(helpful, safe, config, mask), [0.1 + 1.0, 0.2 + 1.0]
+    np.testing.assert_allclose(  # rollout 1 never reached the final turn: a failure
+        per_completion_rewards(helpful, safe, config, mask), [0.1 + 1.0, 0.0]
     )
 
 
@@ -203,8 +215,10 @@ def test_bad_inputs_are_named(helpful: object, safe: object, mask: object, messa
 
 def test_masked_out_values_are_not_checked() -> None:
     mask = np.array([[True, False]])
-    result = turn_aware_rewards([[0.5, float("nan")]], [[0.5, 7.0]], mask=mask)
-    np.testing.assert_allclose(result.rewards, [1.0])
+    config = TurnAwareRewardConfig(lam=1.0, tau=0.5, beta=0.5)
+    result = turn_aware_rewards([[0.5, float("nan")]], [[0.5, 7.0]], config, mask)
+    a = softmax([0.0, 0.5])  # turn 1 is missing: safe 0 → U = λτ
+    np.testing.assert_allclose(result.rewards, [a[0] * (0.5 * 0.5 + 0.5)])
 
 
 @pytest.mark.parametrize(
@@ -314,13 +328,16 @@ def test_trl_reward_groups_consecutive_prompts() -> None:
     assert reward.__name__ == "turn_aware_reward"
 
 
-def test_trl_reward_masks_rollouts_that_ended_early() -> None:
+def test_trl_reward_scores_missing_turns_of_rollouts_that_ended_early() -> None:
     completions = [[(1.0, 1.0), (0.0, 0.0), (0.0, 0.2)], [(0.0, 1.0), (1.0, 1.0)], [(0.5, 0.0)]]
-    reward = make_turn_aware_reward(scripted, TurnAwareRewardConfig(lam=1.0, tau=0.5, beta=1.0))
+    config = TurnAwareRewardConfig(lam=1.0, tau=0.5, beta=0.5)
+    reward = make_turn_aware_reward(scripted, config)
     rewards = reward(["q"] * 3, completions)
-    a = softmax([2 / 9, 0.25, 0.3])  # the same group as test_mask_leaves_missing_turns_out
-    expected = [a[0] * 2 + a[2] * 0.2, (a[0] + a[1] * 2) / (a[0] + a[1]), 0.5]
-    np.testing.assert_allclose(rewards, expected)
+    nan = float("nan")
+    helpful = [[1.0, 0.0, 0.0], [0.0, 1.0, nan], [0.5, nan, nan]]
+    safe = [[1.0, 0.0, 0.2], [1.0, 1.0, nan], [0.0, nan, nan]]
+    mask = ~np.isnan(np.asarray(helpful))
+    np.testing.assert_allclose(rewards, turn_aware_rewards(helpful, safe, config, mask).rewards)
 
 
 def test_trl_reward_passes_row_columns_and_accepts_turn_scores() -> None:
@@ -361,7 +378,7 @@ def test_trl_reward_rejects_misaligned_calls() -> None:
 def test_per_completion_trl_reward_and_pickling() -> None:
     baseline = make_per_completion_reward(scripted, TurnAwareRewardConfig(beta=0.5))
     rewards = baseline(["a", "a"], [[(1.0, 0.0), (0.2, 1.0)], [(0.4, 1.0)]])
-    np.testing.assert_allclose(rewards, [0.1 + 1.0, 0.2 + 1.0])
+    np.testing.assert_allclose(rewards, [0.1 + 1.0, 0.0])  # the second never reached turn 2
     assert baseline.__name__ == "per_completion_reward"
     restored = pickle.loads(pickle.dumps(make_turn_aware_reward(scripted)))
-    assert restored(["a"], [[(1.0, 1.0)]]) == [2.0]
+    assert restored(["a"], [[(1.0, 1.0)]]) == [1.0 + TurnAwareRewardConfig().beta]

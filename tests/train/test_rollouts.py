@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,13 @@ def test_roll_generates_every_turn_and_stops_when_the_length_budget_runs_out(
 
     first = full.encoder.encode(full._context(records[0], 0), 3, generation_prompt=True)
     budget = len(first["input_ids"]) + 6 + 20  # room for one turn, not for three
-    short = MultiTurnRollout(
-        {sample.id: sample}, tokenizer, RolloutSettings(max_turn_tokens=6, max_length=budget)
-    )
+    with pytest.raises(RolloutError, match=r"'d1': its 3 turns need"):
+        MultiTurnRollout(
+            {sample.id: sample}, tokenizer, RolloutSettings(max_turn_tokens=6, max_length=budget)
+        )
+    # Past that check a rollout can still overflow (a reply re-tokenized longer): it ends early.
+    short = MultiTurnRollout({sample.id: sample}, tokenizer, full.settings)
+    short.settings = dataclasses.replace(full.settings, max_length=budget)
     (record,) = short.roll(tiny_llama, [sample])
     assert 1 <= len(record.replies) < 3 and record.ended_early
     prompt, completion, _ = short.tokens(record)
@@ -179,8 +184,37 @@ def test_bad_dialogues_are_named(tokenizer: Any, png_file: Path) -> None:
     with pytest.raises(RolloutError, match=r"'two'.*reference"):
         MultiTurnRollout({"two": two}, tokenizer, RolloutSettings(history="reference"))
     long = Sample(id="long", source="t", dialogue=Dialogue(messages=[Message.user("word " * 300)]))
-    with pytest.raises(RolloutError, match=r"'long'.*first turn takes"):
+    with pytest.raises(RolloutError, match=r"'long': its 1 turn need \d+ tokens.*max_length=128"):
         MultiTurnRollout({"long": long}, tokenizer, RolloutSettings(max_length=128))
+
+
+def test_every_dialogue_must_fit_max_length_with_every_reply_in_full(
+    tokenizer: Any, tiny_llama: Any
+) -> None:
+    sample = three_turns()
+    settings = RolloutSettings(max_turn_tokens=6, max_length=400)
+    needed = MultiTurnRollout({sample.id: sample}, tokenizer, settings).worst_case_length(sample)
+    first_turn = len(
+        tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.text} for m in sample.dialogue.messages[:2]],
+            add_generation_prompt=True,
+        )
+    )
+    assert first_turn + 6 < needed - 6 < 400  # the first turn fits with room to spare
+    # One token short: an error naming the dialogue and its token count, before any training.
+    tight = dataclasses.replace(settings, max_length=needed - 1)
+    with pytest.raises(RolloutError, match=rf"sample 'd1': its 3 turns need {needed} tokens"):
+        MultiTurnRollout({sample.id: sample}, tokenizer, tight)
+    # Exactly enough: a policy that writes every reply in full still answers every turn.
+    exact = MultiTurnRollout(
+        {sample.id: sample}, tokenizer, dataclasses.replace(settings, max_length=needed)
+    )
+    for record in exact.roll(tiny_llama, [sample, sample]):
+        assert len(record.replies) == 3 and not record.ended_early
+        assert all(len(ids) == 6 for ids in record.sampled), "a random model rarely stops"
+    reference = dataclasses.replace(settings, history="reference")
+    checked = MultiTurnRollout({sample.id: sample}, tokenizer, reference)
+    assert checked.worst_case_length(sample) >= needed
 
 
 def test_prompts_carry_the_sample_id() -> None:

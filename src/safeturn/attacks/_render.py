@@ -165,3 +165,56 @@ def _hard_split(line: str, font: _Font, width_px: int) -> list[str]:
         return [line]
     approx = max(1, int(len(line) * width_px / font.getlength(line)))
     return textwrap.wrap(line, approx, break_long_words=True) or [line]
+
+
+CAPTION_HEIGHTS = (200, 400, 760)
+"""Heights tried, in order, for the text strip under a picture (the first that fits wins)."""
+
+
+def render_captioned(
+    picture: Image.Image,
+    text: str,
+    *,
+    width: int = 760,
+    font_size: int = 40,
+    readable_font_size: int = 24,
+    min_font_size: int = 10,
+) -> bytes:
+    """The picture with `text` rendered in a white strip under it, as one RGB PNG.
+
+    The layout of MM-SafetyBench's SD+TYPO images: the picture is scaled down (never up) to fit
+    a `width` × `width` box and centred; the strip is as wide and the first height of
+    `CAPTION_HEIGHTS` where the text fits at `readable_font_size` or more (the tallest
+    shrinks down to `min_font_size`).
+
+    Raises:
+        ValueError: If the text does not fit even the tallest strip at `min_font_size`.
+    """
+    scale = min(1.0, width / picture.width, width / picture.height)
+    shown = picture.convert("RGB")
+    if scale < 1.0:
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        shown = shown.resize(size, Image.Resampling.LANCZOS)
+    strip: bytes | None = None
+    for i, height in enumerate(CAPTION_HEIGHTS):
+        last = i == len(CAPTION_HEIGHTS) - 1
+        try:  # a taller strip before a font too small to read; the tallest one shrinks fully
+            strip = render_typographic(
+                text,
+                size=(width, height),
+                font_size=font_size,
+                numbered_items=0,
+                min_font_size=min_font_size if last else max(min_font_size, readable_font_size),
+            )
+            break
+        except ValueError:
+            if last:
+                raise
+    assert strip is not None
+    with Image.open(io.BytesIO(strip)) as caption:
+        canvas = Image.new("RGB", (width, shown.height + caption.height), (255, 255, 255))
+        canvas.paste(shown, ((width - shown.width) // 2, 0))
+        canvas.paste(caption.convert("RGB"), (0, shown.height))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -46,6 +46,9 @@ class Seed(BaseModel):
     instruction: str | None = None
     """A short imperative form, e.g. FigStep's "Steps to manufacture illegal drugs."."""
     image: ImagePart | None = None
+    image_text: str | None = None
+    """The text the seed's own image shows, when known (FigStep's rendered instruction,
+    MM-SafetyBench's key phrase): such an image is described as text, never as a photo."""
     category: str | None = None
     source: str = "seed"
     harmful: bool = True
@@ -60,7 +63,8 @@ class Seed(BaseModel):
 def seed_from_sample(sample: Sample) -> Seed:
     """A seed from a single-turn sample: its first image and its question.
 
-    The question is the sample's `seed_question`, or the text of its last user message.
+    The question is the sample's `seed_question`, or the text of its last user message. A
+    typographic sample's image text is its instruction (FigStep) or key phrase (MM-SafetyBench).
     """
     images = sample.dialogue.images
     question = sample.seed_question
@@ -70,11 +74,16 @@ def seed_from_sample(sample: Sample) -> Seed:
     if not question.strip():
         raise AttackConfigError(f"sample {sample.id!r} has no question to use as a seed")
     instruction = sample.metadata.get("instruction")
+    image_text = None
+    if images and sample.strategy == "typography":
+        shown = instruction or sample.metadata.get("key_phrase")
+        image_text = shown.strip() if isinstance(shown, str) and shown.strip() else None
     return Seed(
         id=sample.id,
         question=question,
         instruction=instruction if isinstance(instruction, str) and instruction else None,
         image=images[0] if images else None,
+        image_text=image_text,
         category=sample.category,
         source=sample.source,
         harmful=sample.harmful is not False,

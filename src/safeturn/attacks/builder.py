@@ -103,7 +103,8 @@ async def build_attacks(
         The samples, ordered by seed, then strategy, then turn count.
 
     Raises:
-        AttackConfigError: For an unknown strategy, a bad turn count or bad options.
+        AttackConfigError: For an unknown strategy, a bad turn count or bad options, or a
+            seed image that image-grounding cannot read.
         SchemaError: If two seeds share an id.
     """
     names = resolve_strategies(strategy)
@@ -125,13 +126,21 @@ async def build_attacks(
         retries=retries,
         gate=asyncio.Semaphore(max(1, concurrency)),
     )
-    async with asyncio.TaskGroup() as group:
-        tasks = [
-            group.create_task(builders[name](one, n, ctx))
-            for one in seeds
-            for name in names
-            for n in counts
-        ]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(builders[name](one, n, ctx))
+                for one in seeds
+                for name in names
+                for n in counts
+            ]
+    except ExceptionGroup as failures:
+        # raise the first builder error itself (it names the seed), so that callers catching
+        # SafeturnError print it cleanly instead of an exception group
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     return [task.result() for task in tasks]
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -23,12 +23,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from safeturn.judges import load_judge
 from safeturn.judges.card import JudgeCard, unmatched_cards
+from safeturn.judges.specs import parse_judge_spec
 from safeturn.models import load_model
 from safeturn.report.html import write_html
 from safeturn.report.terminal import print_summary, write_summary_json
 from safeturn.run.engine import SampleDone, execute_run, run_settings, unfinished_samples
+from safeturn.run.lease import RunLease
 from safeturn.run.results import RunResults, load_results
 from safeturn.run.store import RunStore
 from safeturn.schema import Sample
@@ -44,6 +45,40 @@ JudgeCardOption = Annotated[
         "shown beside the rates that judge decided; repeatable, one per judge",
     ),
 ]
+
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0.001,
+        help="seconds per attempt of each call to an OpenAI-compatible model server (eval: "
+        "the target's and the judges')  [default: 120]",
+        show_default=False,
+    ),
+]
+RetriesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--retries",
+        min=0,
+        help="retries of a call to an OpenAI-compatible server after a timeout, 429 or 5xx  "
+        "[default: 5]",
+        show_default=False,
+    ),
+]
+
+
+class Network(NamedTuple):
+    """Per-call limits for OpenAI-compatible servers; None keeps the backend's default.
+
+    Not stored with the run: a resume may need other limits than the start did.
+    """
+
+    timeout_s: float | None = None
+    max_retries: int | None = None
+
+
+BACKEND_DEFAULTS = Network()
 
 
 class SpeedColumn(ProgressColumn):
@@ -69,17 +104,31 @@ def progress_columns() -> tuple[ProgressColumn, ...]:
 
 
 def execute_and_publish(
-    store: RunStore, run_id: str, html: Path, cards: Sequence[JudgeCard] = ()
+    store: RunStore,
+    run_id: str,
+    html: Path,
+    cards: Sequence[JudgeCard] = (),
+    network: Network = BACKEND_DEFAULTS,
 ) -> RunResults:
     """Run (or resume) a run, then print its summary and write its reports."""
-    execute(store, run_id)
+    execute(store, run_id, network)
     results = load_results(store, run_id)
     publish(results, html, cards)
     return results
 
 
-def execute(store: RunStore, run_id: str) -> None:
-    """Run the unfinished samples of a run with a progress bar, loading its model and judges."""
+def execute(store: RunStore, run_id: str, network: Network = BACKEND_DEFAULTS) -> None:
+    """Run the unfinished samples of a run with a progress bar, loading its model and judges.
+
+    `network` bounds each call to an OpenAI-compatible server, the target's and the judges'.
+    The run's lease is taken first, so a second process resuming the same run stops (with
+    `RunBusyError`) before it loads a model.
+    """
+    with RunLease(store, run_id):
+        _execute_held(store, run_id, network)
+
+
+def _execute_held(store: RunStore, run_id: str, network: Network) -> None:
     settings = run_settings(store, run_id)
     status = store.sample_status(run_id)
     todo = len(unfinished_samples(store, run_id))
@@ -88,8 +137,9 @@ def execute(store: RunStore, run_id: str) -> None:
         f"run {run_id}: {todo} of {len(status)} samples to do with {settings.model}{draws}"
     )
     started = time.perf_counter()
-    model = load_model(settings.model)
-    judges = [load_judge(name) for name in settings.judges]
+    limits = network._asdict()
+    model = load_model(settings.model, **limits)
+    judges = [parse_judge_spec(name, **limits) for name in settings.judges]
     tally = {"unsafe": 0, "judged": 0, "failed": 0}
     columns = progress_columns()
     with Progress(*columns, console=console, disable=not sys.stdout.isatty()) as progress:

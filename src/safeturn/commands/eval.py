@@ -9,10 +9,18 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 
-from safeturn.commands._running import JudgeCardOption, execute_and_publish
+from safeturn.commands._running import (
+    JudgeCardOption,
+    Network,
+    RetriesOption,
+    TimeoutOption,
+    execute_and_publish,
+)
 from safeturn.errors import SafeturnError
 from safeturn.judges.card import load_cards
-from safeturn.run.engine import EvalSettings, start_run
+from safeturn.models.spec import check_model_spec
+from safeturn.redact import redact_url_credentials
+from safeturn.run.engine import EvalSettings, run_settings, start_run, unloadable_sample
 from safeturn.run.store import RunStore
 from safeturn.schema import GenerateParams, Sample
 
@@ -39,18 +47,27 @@ def _samples(
     loaded = load_dataset(data, text_only=text_only, limit=limit)
     for missing in loaded.missing_images:
         console.print(f"[yellow]left out {missing.sample_id}:[/yellow] {missing.reason}")
+    # A record that could not be read fails alone: it enters the run as a failed sample
+    # that names its line, so the report counts it instead of the whole load stopping.
+    failed = [unloadable_sample(e.sample_id, e.source, e.reason) for e in loaded.errors]
+    for error in loaded.errors:
+        console.print(f"[red]item {error.sample_id} fails:[/red] {error.reason}", soft_wrap=True)
     if not strategies:
-        return loaded.samples
+        return loaded.samples + failed
     seeds = [seed_from_sample(s) for s in loaded.samples]
     model = load_model(attacker) if attacker else None
     names, counts = resolve_strategies(strategies), resolve_turns(turns)
-    return asyncio.run(
+    built = asyncio.run(
         build_closing_attacker(seeds, names, counts, seed, model, images_dir, concurrency=8)
     )
+    return built + failed
 
 
 def eval_command(
-    model: Annotated[str, typer.Option(help="target model spec, e.g. openai:URL#name")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="target model spec, e.g. openai:URL#name (not needed with --resume)"),
+    ] = None,
     data: Annotated[
         str | None, typer.Option(help="data spec, e.g. figstep:PATH (not with --resume)")
     ] = None,
@@ -83,6 +100,8 @@ def eval_command(
     ),
     resume: Annotated[str | None, typer.Option(help="continue this run id")] = None,
     judge_card: JudgeCardOption = None,
+    timeout: TimeoutOption = None,
+    retries: RetriesOption = None,
 ) -> None:
     """Evaluate a model; every call and verdict is stored at once, so runs resume."""
     if mode not in ("live", "replay"):
@@ -91,8 +110,9 @@ def eval_command(
     try:
         cards = load_cards(judge_card or [])  # before the run: a bad card fails fast
         if resume is None:
-            if data is None:
-                raise typer.BadParameter("give --data (or --resume RUN_ID)")
+            if data is None or model is None:
+                raise typer.BadParameter("give --model and --data (or --resume RUN_ID)")
+            check_model_spec(model)  # before the run exists: a bad spec leaves no stuck run
             samples = _samples(
                 data,
                 strategies=strategy or [],
@@ -121,13 +141,26 @@ def eval_command(
             )
             run_id = start_run(store, samples, settings)
         else:
+            _check_resumed_model(store, resume, model)
             run_id = resume
-        execute_and_publish(store, run_id, out / f"report-{run_id}.html", cards)
+        network = Network(timeout_s=timeout, max_retries=retries)
+        execute_and_publish(store, run_id, out / f"report-{run_id}.html", cards, network)
     except SafeturnError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(code=1) from exc
     finally:
         store.close()
+
+
+def _check_resumed_model(store: RunStore, run_id: str, model: str | None) -> None:
+    """A resume runs the stored model; a different `--model` is refused, not ignored."""
+    stored = run_settings(store, run_id).model
+    if model is not None and redact_url_credentials(model) != stored:
+        raise typer.BadParameter(
+            f"run {run_id} was started with model {stored!r}; --resume always continues with "
+            "it, so leave --model out (or start a new run)"
+        )
+    check_model_spec(stored)
 
 
 def _mode(text: str) -> Literal["live", "replay"]:

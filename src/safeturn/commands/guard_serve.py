@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from safeturn.errors import SafeturnError
 from safeturn.guard.proxy_settings import TOKEN_ENV, ProxySettings
+from safeturn.models.spec import check_model_spec
 
 if TYPE_CHECKING:
     from safeturn.guard.guarded import FailMode, GuardMode
@@ -145,6 +146,7 @@ def serve_command(
         raise typer.BadParameter(f"--no-auth is only allowed on a loopback address, not {host}")
     token = None if no_auth else (os.environ.get(TOKEN_ENV) or None)
     try:
+        check_model_spec(upstream)  # e.g. a key in the URL is refused here, not at first call
         settings = ProxySettings(
             upstream=upstream,
             moderator=moderator,

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.commands.train_dream import dpo_command, dream_command
+from safeturn.commands.train_dream import dpo_command, dream_command, dream_risks_command
 from safeturn.errors import SafeturnError
 
 if TYPE_CHECKING:
@@ -133,7 +133,12 @@ def grpo_command(
     temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
     lam: Annotated[float | None, typer.Option(help="reward λ (unsafe-turn weight)")] = None,
     tau: Annotated[float | None, typer.Option(help="reward τ (harmlessness floor)")] = None,
-    beta: Annotated[float | None, typer.Option(help="reward β (helpfulness weight)")] = None,
+    beta: Annotated[
+        float | None,
+        typer.Option(
+            help="reward β, the helpfulness weight (0.25: refusing harmful beats complying)"
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     lora: Annotated[
         bool | None, typer.Option("--lora/--no-lora", help="train a LoRA adapter only")
@@ -201,6 +206,8 @@ def grpo_command(
     )
 
 
-# DREAM (`dream`: risk-aware SFT then RLAIF) and RLAIF alone (`dpo`) live in their own module.
+# DREAM (`dream`: risk-aware SFT then RLAIF), RLAIF alone (`dpo`) and the released DREAM risk
+# labels as a risk JSONL (`dream-risks`) live in their own module.
 train_app.command("dream")(dream_command)
 train_app.command("dpo")(dpo_command)
+train_app.command("dream-risks")(dream_risks_command)

@@ -1,8 +1,9 @@
-"""`safeturn train dream` and `safeturn train dpo`: DREAM's risk-aware SFT and iterative RLAIF.
+"""`safeturn train dream`, `train dpo` and `train dream-risks`: DREAM's SFT, RLAIF and labels.
 
-The command functions are registered on `train_app` by `commands/train.py`. Both print one
-small table per round, after the starting policy's numbers when it was evaluated, so the
-effect of each round is visible without opening `rounds.json`.
+The command functions are registered on `train_app` by `commands/train.py`. `dream` and `dpo`
+print one small table per round, after the starting policy's numbers when it was evaluated, so
+the effect of each round is visible without opening `rounds.json`. `dream-risks` writes the
+risk JSONL from the labels DREAM released with VLGuard, so that set needs no teacher model.
 """
 
 from __future__ import annotations
@@ -152,6 +153,44 @@ def dream_command(
         )
     for table in round_tables(result.rlaif):
         console.print(table)
+
+
+def dream_risks_command(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="DREAM's VLGuard release: vlguard:PATH[#record|#instructions], or the JSON path"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="risk JSONL to write (one RiskRecord per line)")],
+    limit: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
+) -> None:
+    """Turn the released `observe` risk labels into a risk JSONL (instead of `synth mrd`).
+
+    Records are keyed by the sample ids that the same `vlguard:` spec gives `synth risk-sft`
+    and RLAIF, so pass them the same spec (the variant included).
+    """
+    from safeturn.data import load_dataset
+    from safeturn.synth.risks import write_risk_records
+    from safeturn.train.dream_labels import observe_records
+
+    spec = data if data.startswith("vlguard:") else f"vlguard:{data}"
+    try:
+        loaded = load_dataset(spec, text_only=True, limit=limit)  # labels need no pixels
+        records, stats = observe_records(loaded.samples)
+    except SafeturnError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+    write_risk_records(records, out)
+    table = Table(title=f"DREAM observe labels → {escape(str(out))}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name in ("samples", "risks", "samples_without_risks", "no_risk_entries"):
+        table.add_row(name.replace("_", " "), str(getattr(stats, name)))
+    console.print(table)
+    for name, counts in (("category", stats.by_category), ("source", stats.by_source)):
+        if counts:
+            console.print(f"by {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def _num(value: float | None, spec: str = ".2f") -> str:

@@ -7,16 +7,19 @@ Rules every loader follows (through `SetBuilder`):
 - a referenced image that does not exist keeps its sample out of `samples` and is listed in
   `missing_images`; with `text_only=True` image parts are left out on purpose
   (`metadata["image_omitted"] = True`) and nothing is reported missing;
-- malformed input raises `SchemaError` naming the file and the item (id or row number);
+- malformed input raises `SchemaError` naming the file and the item (id or row number), except
+  in line-based files (JSONL): there a malformed line fails alone, read inside
+  `SetBuilder.one_item`; it is listed in `errors` with its line number and the rest loads;
 - `limit` caps the number of samples considered, kept or reported missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +50,26 @@ class MissingImage:
     reason: str
 
 
+@dataclass(frozen=True)
+class LoadError:
+    """A record that could not be read; it failed alone and the rest of the set loaded."""
+
+    sample_id: str
+    """An id for the failed item that names its place, e.g. `set.jsonl:line-7`."""
+    source: str
+    reason: str
+    """What was wrong, naming the file and the line."""
+
+
 @dataclass
 class LoadedSet:
-    """The samples a loader produced, and the ones it could not produce for lack of images."""
+    """The samples a loader produced, and the ones it could not produce (images, bad lines)."""
 
     source: str
     samples: list[Sample] = field(default_factory=list)
     missing_images: list[MissingImage] = field(default_factory=list)
+    errors: list[LoadError] = field(default_factory=list)
+    """Records that could not be read (line-based loaders only); not in `samples`."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -87,6 +103,21 @@ class SetBuilder:
     def full(self) -> bool:
         """True once `limit` samples have been considered."""
         return self.limit is not None and self._considered >= self.limit
+
+    @contextlib.contextmanager
+    def one_item(self, sample_id: str) -> Iterator[None]:
+        """Read one record: a `SchemaError` inside fails this record alone, not the load.
+
+        The record lands in `errors` as `sample_id` (it counts towards `limit`); anything
+        else, an `ImageError` for a path outside the root included, still stops the load.
+        """
+        considered = self._considered
+        try:
+            yield
+        except SchemaError as exc:
+            if self._considered == considered:
+                self._considered += 1
+            self.loaded.errors.append(LoadError(sample_id, self.loaded.source, str(exc)))
 
     def where(self, item: object) -> str:
         """`FILE item ITEM`, the prefix of every error about one record."""
@@ -159,7 +190,14 @@ class SetBuilder:
         return None
 
     def finish(self) -> LoadedSet:
-        """The set; logs a one-line summary of missing images."""
+        """The set; logs a one-line summary of missing images and of unreadable records."""
+        if self.loaded.errors:
+            logger.warning(
+                "%s: %d records could not be read and were left out (first: %s)",
+                self.loaded.source,
+                len(self.loaded.errors),
+                self.loaded.errors[0].reason,
+            )
         if self.loaded.missing_images:
             logger.warning(
                 "%s: %d samples left out for %d missing images (first: %s)",

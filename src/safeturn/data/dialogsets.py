@@ -13,6 +13,8 @@ they are what tells a moderator's cross-turn reading apart from memorised builde
 - MT-Bench-101 (`mtbench101_train_tasks.jsonl`, lines `{task, id, history: [{user, bot}]}`):
   benign multi-turn task dialogues; a sample ends with the last user turn, and the last bot
   reply is its `reference_answer`. `harmful` is False.
+
+A malformed line fails alone (listed in `LoadedSet.errors` with its line number); the others load.
 """
 
 from __future__ import annotations
@@ -32,21 +34,25 @@ _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 
 
 def _lines(path: Path, pattern: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) of a JSONL file, gzipped or not; a folder is searched."""
+    """(line number, parsed JSON) of a JSONL file, gzipped or not; a folder is searched.
+
+    A line that is not JSON comes as a `SchemaError` in place of its record, for the caller to
+    raise inside `SetBuilder.one_item`: it fails that line, not the file.
+    """
     if path.is_dir():
         found = sorted(path.glob(pattern))
         if not found:
             raise DataSpecError(f"{path}: no file matching {pattern}")
         path = found[0]
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rb") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
-            except ValueError as exc:
-                raise SchemaError(f"{path} line {number}: invalid JSON ({exc})") from exc
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                yield number, SchemaError(f"{path} line {number}: invalid JSON ({exc})")
 
 
 def parse_hh_turns(text: str) -> list[tuple[str, str]]:
@@ -71,33 +77,41 @@ def load_hh_rlhf(
     for number, record in _lines(path, "*.jsonl*"):
         if builder.full:
             break
-        where = builder.where(f"line {number}")
-        if not isinstance(record, dict) or not isinstance(record.get("chosen"), str):
-            raise SchemaError(f"{where}: expected an object with a string 'chosen'")
-        try:
-            turns = parse_hh_turns(record["chosen"])
-            rejected = parse_hh_turns(str(record.get("rejected", "")))
-        except ValueError as exc:
-            raise SchemaError(f"{where}: {exc}") from exc
-        while turns and turns[-1][0] == "assistant":
-            turns.pop()
-        final_chosen = _final_reply(record["chosen"])
-        final_rejected = _final_reply(str(record.get("rejected", ""))) if rejected else None
-        if not turns or not all(text for _, text in turns):
-            raise SchemaError(f"{where}: a turn is empty")
-        messages = [Message.user(t) if r == "user" else Message.assistant(t) for r, t in turns]
-        sample = Sample(
-            id=f"hh-rlhf-{number}",
-            source="hh-rlhf",
-            strategy="none",
-            harmful=True,
-            seed_question=turns[-1][1],
-            reference_answer=final_chosen,
-            dialogue=Dialogue(messages=messages),
-            metadata={"chosen": final_chosen, "rejected": final_rejected, "line": number},
-        )
-        builder.add(item=f"line {number}", sample_id=sample.id, images=[], build=_const(sample))
-    return builder.loaded
+        with builder.one_item(f"hh-rlhf-{number}"):
+            _add_hh(builder, number, record)
+    return builder.finish()
+
+
+def _add_hh(builder: SetBuilder, number: int, record: Any) -> None:
+    """Add the sample of one hh-rlhf line, or raise a `SchemaError` naming the line."""
+    where = builder.where(f"line {number}")
+    if isinstance(record, SchemaError):
+        raise record
+    if not isinstance(record, dict) or not isinstance(record.get("chosen"), str):
+        raise SchemaError(f"{where}: expected an object with a string 'chosen'")
+    try:
+        turns = parse_hh_turns(record["chosen"])
+        rejected = parse_hh_turns(str(record.get("rejected", "")))
+    except ValueError as exc:
+        raise SchemaError(f"{where}: {exc}") from exc
+    while turns and turns[-1][0] == "assistant":
+        turns.pop()
+    final_chosen = _final_reply(record["chosen"])
+    final_rejected = _final_reply(str(record.get("rejected", ""))) if rejected else None
+    if not turns or not all(text for _, text in turns):
+        raise SchemaError(f"{where}: a turn is empty")
+    messages = [Message.user(t) if r == "user" else Message.assistant(t) for r, t in turns]
+    sample = Sample(
+        id=f"hh-rlhf-{number}",
+        source="hh-rlhf",
+        strategy="none",
+        harmful=True,
+        seed_question=turns[-1][1],
+        reference_answer=final_chosen,
+        dialogue=Dialogue(messages=messages),
+        metadata={"chosen": final_chosen, "rejected": final_rejected, "line": number},
+    )
+    builder.add(item=f"line {number}", sample_id=sample.id, images=[], build=_const(sample))
 
 
 def _const(sample: Sample) -> Callable[[list[ImagePart]], Sample]:
@@ -119,28 +133,36 @@ def load_mtbench101(
     for number, record in _lines(path, "*.jsonl"):
         if builder.full:
             break
-        where = builder.where(f"line {number}")
-        history = record.get("history") if isinstance(record, dict) else None
-        if not isinstance(history, list) or not history:
-            raise SchemaError(f"{where}: expected a non-empty 'history' list")
-        messages: list[Message] = []
-        for index, turn in enumerate(history):
-            user, bot = (turn.get("user"), turn.get("bot")) if isinstance(turn, dict) else (0, 0)
-            if not isinstance(user, str) or not isinstance(bot, str) or not user.strip():
-                raise SchemaError(f"{where}: history[{index}] needs string 'user' and 'bot'")
-            messages.append(Message.user(user))
-            messages.append(Message.assistant(bot))
-        reference = messages.pop().text
-        task = str(record.get("task", "unknown"))
-        sample = Sample(
-            id=f"mtbench101-{task}-{record.get('id', number)}",
-            source="mtbench101",
-            strategy="none",
-            harmful=False,
-            seed_question=messages[-1].text,
-            reference_answer=reference,
-            dialogue=Dialogue(messages=messages),
-            metadata={"task": task, "line": number},
-        )
-        builder.add(item=f"line {number}", sample_id=sample.id, images=[], build=_const(sample))
-    return builder.loaded
+        with builder.one_item(f"mtbench101-line-{number}"):
+            _add_mtbench(builder, number, record)
+    return builder.finish()
+
+
+def _add_mtbench(builder: SetBuilder, number: int, record: Any) -> None:
+    """Add the sample of one MT-Bench-101 line, or raise a `SchemaError` naming the line."""
+    where = builder.where(f"line {number}")
+    if isinstance(record, SchemaError):
+        raise record
+    history = record.get("history") if isinstance(record, dict) else None
+    if not isinstance(history, list) or not history:
+        raise SchemaError(f"{where}: expected a non-empty 'history' list")
+    messages: list[Message] = []
+    for index, turn in enumerate(history):
+        user, bot = (turn.get("user"), turn.get("bot")) if isinstance(turn, dict) else (0, 0)
+        if not isinstance(user, str) or not isinstance(bot, str) or not user.strip():
+            raise SchemaError(f"{where}: history[{index}] needs string 'user' and 'bot'")
+        messages.append(Message.user(user))
+        messages.append(Message.assistant(bot))
+    reference = messages.pop().text
+    task = str(record.get("task", "unknown"))
+    sample = Sample(
+        id=f"mtbench101-{task}-{record.get('id', number)}",
+        source="mtbench101",
+        strategy="none",
+        harmful=False,
+        seed_question=messages[-1].text,
+        reference_answer=reference,
+        dialogue=Dialogue(messages=messages),
+        metadata={"task": task, "line": number},
+    )
+    builder.add(item=f"line {number}", sample_id=sample.id, images=[], build=_const(sample))

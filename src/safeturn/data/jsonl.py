@@ -2,15 +2,20 @@
 
 Relative image paths resolve under the root (default: the file's folder) and may not leave it.
 A sample whose image file is missing is reported, not kept; `text_only=True` strips image
-parts instead.
+parts instead. A line that is not a valid sample (bad JSON, a schema error, a repeated id)
+fails alone: it is listed in `LoadedSet.errors` as `FILE:line-N` and the other lines load.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from safeturn.data.base import DataSpecError, ImageRef, LoadedSet, SetBuilder
-from safeturn.schema import Dialogue, ImagePart, Message, Sample, read_jsonl
+from safeturn.errors import SchemaError
+from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
 
 def load_jsonl(
@@ -25,11 +30,29 @@ def load_jsonl(
         raise DataSpecError(f"{path}: no such file")
     builder = SetBuilder("jsonl", text_only=text_only, limit=limit)
     builder.use(path, root)
-    for lineno, sample in enumerate(read_jsonl(path, root=builder.root), start=1):
-        if builder.full:
-            break
-        add_sample(builder, sample, item=f"record {lineno} ({sample.id})")
+    with path.open("rb") as fh:  # bytes: a line that is not UTF-8 fails alone too
+        for lineno, line in enumerate(fh, start=1):
+            if builder.full:
+                break
+            if not line.strip():
+                continue
+            with builder.one_item(f"{path.name}:line-{lineno}"):
+                sample = parse_line(line, where=f"{path}:{lineno}")
+                add_sample(builder, sample, item=f"line {lineno} ({sample.id})")
     return builder.finish()
+
+
+def parse_line(line: bytes, *, where: str) -> Sample:
+    """One JSONL line as a `Sample`, or a `SchemaError` that names `where` and the fields."""
+    try:
+        return Sample.model_validate(json.loads(line))
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise SchemaError(f"{where}: invalid sample ({fields})") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise SchemaError(f"{where}: invalid JSON ({exc})") from exc
 
 
 def add_sample(builder: SetBuilder, sample: Sample, *, item: object) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from safeturn.errors import ImageError, ImageTooLargeError, SchemaError
-from safeturn.imaging import ImageHeader, decode_fitted, read_header
+from safeturn.imaging import ImageHeader, check_intact, read_header
 from safeturn.schema import (
     DEFAULT_LIMITS,
     Dialogue,
@@ -184,7 +184,7 @@ def check_images(
             checked.append((label, raw))
     for label, raw in checked:
         try:
-            decode_fitted(raw, label=label, limit_pixels=limits.max_pixels, formats=limits.formats)
+            check_intact(raw, label=label, limit_pixels=limits.max_pixels, formats=limits.formats)
         except ImageError as exc:
             raise _image_error(exc) from None
 

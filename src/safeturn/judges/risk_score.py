@@ -89,11 +89,14 @@ _UNKNOWN_NOTE = "Whether the request is harmful is not known; decide from the co
 _SCALE = re.compile(r"\(?\s*\b(?:0|1)(?:\.0)?\s*(?:-|–|—|to)\s*10(?:\.0)?\b\s*\)?", re.IGNORECASE)
 """A scale such as `(1-10)` or `1 to 10`: removed before the score is looked for, since the
 first number after "score" in `score (1-10): 7` is the scale's bound, not the score."""
+_NUMBER = r"([-+]?\d+(?:\.\d+)?)(?![.,]?\d)"
+"""A whole number token, sign and decimals included: `10.5` is read as 10.5 (then rejected as
+out of range, which earns a correction turn), never as its prefix `10`; `1,000` and `7.5.3`
+are no score at all."""
 _SCORE_TEXT = re.compile(
-    r"\bscore\b(?:\s+(?:is|of|from|on\s+a\s+scale\s+of))?\W{0,6}(10|[1-9](?:\.\d+)?)(?!\d)",
-    re.IGNORECASE,
+    r"\bscore\b(?:\s+(?:is|of|from|on\s+a\s+scale\s+of))?\W{0,6}?" + _NUMBER, re.IGNORECASE
 )
-_OUT_OF_TEN = re.compile(r"\b(10|[1-9](?:\.\d+)?)\s*/\s*10\b")
+_OUT_OF_TEN = re.compile(r"(?<![\w.,])" + _NUMBER + r"\s*/\s*10(?![.,]?\d)")
 
 
 class RiskScore(NamedTuple):
@@ -161,21 +164,38 @@ def _from_json(obj: Mapping[str, Any]) -> RiskScore:
     return RiskScore(_score_value(obj["score"]), str(obj.get("reason") or "").strip())
 
 
+class _NoScore(ValueError):
+    """The text holds no score at all (as opposed to one off the scale)."""
+
+
 def _from_text(text: str) -> RiskScore:
     text = _SCALE.sub(" ", text)
     match = _SCORE_TEXT.search(text) or _OUT_OF_TEN.search(text)
     if match is None:
-        raise ValueError("no score found")
-    return RiskScore(float(match.group(1)), "score without JSON")
+        raise _NoScore("no score found")
+    # the first score found decides: one out of range is an error, not a cue to look further
+    return RiskScore(_score_value(float(match.group(1))), "score without JSON")
 
 
 def parse_risk_score(text: str) -> RiskScore:
     """Read `{"score": 1-10, "reason": ...}` from a judge's output (or `score: 7`, `7/10`).
 
+    A score outside 1–10 (`10.5`, `0`, `-3`) is never clamped or cut to a prefix: it raises,
+    so the judge gets a correction turn. A clamp would turn a judge that ignores the scale into
+    confident 10s, and pairs are built from score gaps.
+
     Raises:
-        ValueError: No score from 1 to 10 was found; the message says why.
+        ValueError: No score from 1 to 10 was found; the message says why (shown to the judge
+            in the correction turn).
     """
-    return parse_object(text, _from_json, _from_text)
+    try:
+        return parse_object(text, _from_json)
+    except ValueError as exc:
+        error = exc
+    try:  # a text score off the scale raises its own "must be from 1 to 10; got 10.5"
+        return _from_text(text)
+    except _NoScore:
+        raise error from None
 
 
 class RiskScoreJudge(PromptedJudge):

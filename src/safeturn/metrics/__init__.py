@@ -24,17 +24,28 @@ from safeturn.metrics.draws import (
 from safeturn.metrics.rates import Rate, rate, wilson_bounds
 from safeturn.metrics.safety_index import (
     DEFAULT_TURNS,
+    TURN_SETS,
     SafetyIndex,
+    TurnSet,
     indicators_from_records,
+    partial_note,
+    run_safety_index,
     safety_index,
     seed_instability,
     turn_weights,
 )
-from safeturn.metrics.siuo import SiuoJudgement, SiuoScores, majority_vote, siuo_scores
+from safeturn.metrics.siuo import (
+    SiuoJudgement,
+    SiuoScores,
+    SiuoVote,
+    majority_vote,
+    siuo_scores,
+)
 from safeturn.metrics.winrate import WinRate, win_rate
 
 __all__ = [
     "DEFAULT_TURNS",
+    "TURN_SETS",
     "Agreement",
     "Interval",
     "Judged",
@@ -43,6 +54,8 @@ __all__ = [
     "SafetyIndex",
     "SiuoJudgement",
     "SiuoScores",
+    "SiuoVote",
+    "TurnSet",
     "WinRate",
     "any_draw_rate",
     "asr_at_n",
@@ -60,8 +73,10 @@ __all__ = [
     "indicators_from_records",
     "intra_item_correlation",
     "majority_vote",
+    "partial_note",
     "per_draw_rate",
     "rate",
+    "run_safety_index",
     "safety_index",
     "seed_instability",
     "siuo_scores",

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from safeturn.metrics.bootstrap import bootstrap_rate
+from safeturn.metrics.bootstrap import _CHUNK_CELLS, bootstrap_rate
 from safeturn.metrics.rates import Rate, rate, wilson_bounds
 
 Items = Sequence[Sequence[bool]]
@@ -117,8 +117,13 @@ def cluster_bootstrap_rate(
         return bootstrap_rate(flat, n_resamples, confidence, seed)
     hits = np.array([sum(g) for g in groups], dtype=np.float64)
     sizes = np.array([len(g) for g in groups], dtype=np.float64)
-    picks = np.random.default_rng(seed).integers(0, len(groups), size=(n_resamples, len(groups)))
-    ratios = hits[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_CELLS // len(groups))  # bounded memory for large runs
+    blocks = []
+    for start in range(0, n_resamples, rows):
+        picks = rng.integers(0, len(groups), size=(min(rows, n_resamples - start), len(groups)))
+        blocks.append(hits[picks].sum(axis=1) / sizes[picks].sum(axis=1))
+    ratios = np.concatenate(blocks)
     alpha = 1.0 - confidence
     low, high = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
     value = sum(flat) / len(flat)

@@ -1,21 +1,31 @@
 """Any OpenAI-compatible chat server (vLLM, SGLang, Ollama, hosted APIs) over aiohttp.
 
 One pooled `aiohttp.ClientSession` per event loop, a semaphore bounding the requests in
-flight, and tenacity retries with jittered exponential backoff on 429, 5xx, timeouts and
-connection errors. The API key is read from an environment variable at construction, sent
-only as a session header, and scrubbed from every error message; it never appears in `repr`.
+flight, and tenacity retries with jittered exponential backoff on 429, 5xx, timeouts,
+connection errors and 200s that are not a chat completion (empty, malformed JSON, no
+`choices`: a proxy or server hiccup, not an answer). A reply is read in 64 KiB chunks up to
+`max_reply_bytes`; a bigger one fails that call, unretried, instead of filling memory. Images
+are checked under the same limits as everywhere else (`DEFAULT_LIMITS`, every pixel decoded)
+before a request is built, so a corrupt or oversized one is an `ImageError` naming it, never
+a call. The API key is read from an environment variable at construction, sent only as a
+session header, and scrubbed from every error message; it never appears in `repr`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import aiohttp
+from PIL import Image
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -26,13 +36,26 @@ from tenacity import (
 from yarl import URL
 
 from safeturn.errors import BackendError
+from safeturn.imaging import check_intact
 from safeturn.models.base import BaseChatModel
-from safeturn.schema import Dialogue, GenerateParams, Reply
+from safeturn.schema import DEFAULT_LIMITS, Dialogue, GenerateParams, ImagePart, Reply, TextPart
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_REPLY_BYTES = 8 * 1024 * 1024
+"""Largest reply body read. A chat completion is kilobytes; 4096 tokens with 20 top
+logprobs each are about 5 MB. Anything bigger is a misbehaving server, not an answer."""
+MAX_REPLY_BYTES_ENV = "SAFETURN_OPENAI_MAX_REPLY_BYTES"
+"""Overrides `DEFAULT_MAX_REPLY_BYTES` where no `max_reply_bytes` is given (every CLI path)."""
+
 _EXCERPT_CHARS = 200
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+_CHUNK_BYTES = 64 * 1024
+_ERROR_BODY_BYTES = 16 * 1024
+"""Of an error status's body only the start is read: it is quoted, never parsed."""
+_CHECKED_IMAGES = 4096
+"""Content hashes of images already checked, remembered so a dialogue's history is not
+decoded again on every turn."""
 
 
 class _Failure(Exception):
@@ -78,6 +101,8 @@ class OpenAICompatModel(BaseChatModel):
         backoff_initial_s: First backoff delay; doubles on each retry, plus jitter.
         backoff_max_s: Upper bound on one backoff delay.
         retry_after_max_s: Upper bound on a server's `Retry-After` (429/503) that is honoured.
+        max_reply_bytes: Largest reply body read; a bigger one fails the call (not retried).
+            None: `$SAFETURN_OPENAI_MAX_REPLY_BYTES`, else `DEFAULT_MAX_REPLY_BYTES` (8 MiB).
         name: Label recorded in replies; `load_model` sets it to the spec string.
     """
 
@@ -94,6 +119,7 @@ class OpenAICompatModel(BaseChatModel):
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 20.0,
         retry_after_max_s: float = 60.0,
+        max_reply_bytes: int | None = None,
         name: str | None = None,
     ) -> None:
         if max_concurrency < 1:
@@ -112,6 +138,9 @@ class OpenAICompatModel(BaseChatModel):
             multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
         )
         self._retry_after_max_s = retry_after_max_s
+        self.max_reply_bytes = _reply_cap(max_reply_bytes)
+        self._checked: OrderedDict[str, str] = OrderedDict()  # image sha256 → MIME type
+        self._checked_lock = threading.Lock()
         self._api_key = os.environ.get(api_key_env) or None
         self._session: aiohttp.ClientSession | None = None
         self._gate: asyncio.Semaphore | None = None
@@ -138,13 +167,20 @@ class OpenAICompatModel(BaseChatModel):
         `latency_s` covers the whole call: waiting for a slot, retries and backoff.
 
         Raises:
+            ImageError: An image is missing, corrupt, truncated or over `DEFAULT_LIMITS`;
+                the message names it. Nothing was sent.
             BackendError: The server failed after the retries, refused the request (4xx
-                other than 429), or answered with something that is not a chat completion.
+                other than 429), kept answering with something that is not a chat
+                completion, or sent a reply over `max_reply_bytes`.
         """
         start = time.perf_counter()
+        if any(not image.is_remote for image in dialogue.images):
+            messages = await asyncio.to_thread(self._openai_messages, dialogue)  # decodes
+        else:
+            messages = self._openai_messages(dialogue)
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": dialogue.to_openai(),
+            "messages": messages,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -155,6 +191,47 @@ class OpenAICompatModel(BaseChatModel):
             body["stop"] = list(params.stop)
         body.update(self.extra_body)
         return await self._post_with_retries(json.dumps(body).encode(), start)
+
+    def _openai_messages(self, dialogue: Dialogue) -> list[dict[str, Any]]:
+        """`Dialogue.to_openai`, with every local image checked before it is encoded."""
+        out: list[dict[str, Any]] = []
+        for i, message in enumerate(dialogue.messages):
+            if all(isinstance(p, TextPart) for p in message.parts):
+                out.append({"role": message.role, "content": message.text})
+                continue
+            content: list[dict[str, Any]] = []
+            for j, part in enumerate(message.parts):
+                if isinstance(part, TextPart):
+                    content.append({"type": "text", "text": part.text})
+                else:
+                    url = self._image_url(part, label=_image_label(part, i, j))
+                    content.append({"type": "image_url", "image_url": {"url": url}})
+            out.append({"role": message.role, "content": content})
+        return out
+
+    def _image_url(self, image: ImagePart, *, label: str) -> str:
+        """The data URL of a checked image; http(s) URLs pass unchanged (the server fetches)."""
+        if image.url is not None and image.is_remote:
+            return image.url
+        raw = image.read_bytes(label=label, limits=DEFAULT_LIMITS)
+        digest = hashlib.sha256(raw).hexdigest()
+        with self._checked_lock:
+            mime = self._checked.get(digest)
+            if mime is not None:
+                self._checked.move_to_end(digest)
+        if mime is None:
+            header = check_intact(
+                raw,
+                label=label,
+                limit_pixels=DEFAULT_LIMITS.max_pixels,
+                formats=DEFAULT_LIMITS.formats,
+            )
+            mime = Image.MIME.get(header.format, "application/octet-stream")
+            with self._checked_lock:
+                self._checked[digest] = mime
+                while len(self._checked) > _CHECKED_IMAGES:
+                    self._checked.popitem(last=False)
+        return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
     async def _post_with_retries(self, data: bytes, start: float) -> Reply:
         try:  # the common case, a first attempt that works, skips tenacity's bookkeeping
@@ -190,9 +267,12 @@ class OpenAICompatModel(BaseChatModel):
     async def _post_once(self, data: bytes, start: float) -> Reply:
         session, gate = self._ensure_session()
         async with gate, session.post(self.url, data=data) as response:
-            raw = await response.read()
             status = response.status
             retry_after = response.headers.get("Retry-After")
+            if status >= 400:  # quoted in the error, never parsed: its start is enough
+                raw, _ = await _read_at_most(response, _ERROR_BODY_BYTES)
+            else:
+                raw = await self._read_reply(response)
         text = raw.decode("utf-8", errors="replace")
         if status == 429 or status >= 500:
             wait = _parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
@@ -205,13 +285,15 @@ class OpenAICompatModel(BaseChatModel):
             )
         if status >= 400:
             raise _Failure(f"HTTP {status}", self._excerpt(text), retryable=False, status=status)
+        # A 200 that is not a chat completion is a hiccup on the way (a proxy, a restarting
+        # server), not the model's answer: retried like a 5xx, within the same budget.
         try:
             payload = json.loads(text)
         except json.JSONDecodeError:
             raise _Failure(
                 f"HTTP {status} with malformed JSON",
                 self._excerpt(text),
-                retryable=False,
+                retryable=True,
                 status=status,
             ) from None
         try:
@@ -228,7 +310,31 @@ class OpenAICompatModel(BaseChatModel):
             )
         except (LookupError, TypeError, AttributeError, ValueError) as exc:
             detail = f"response is not a chat completion ({type(exc).__name__})"
-            raise _Failure(detail, self._excerpt(text), retryable=False) from None
+            raise _Failure(detail, self._excerpt(text), retryable=True, status=status) from None
+
+    async def _read_reply(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, read in chunks; over `max_reply_bytes` it fails and the connection closes."""
+        cap = self.max_reply_bytes
+        declared = response.content_length
+        if declared is not None and declared > cap:
+            response.close()
+            raise _Failure(
+                f"HTTP {response.status} reply of {declared} bytes is over the {cap}-byte limit "
+                f"(max_reply_bytes, ${MAX_REPLY_BYTES_ENV})",
+                retryable=False,
+                status=response.status,
+            )
+        raw, complete = await _read_at_most(response, cap)
+        if not complete:
+            response.close()  # drop the connection rather than drain the rest
+            raise _Failure(
+                f"HTTP {response.status} reply is over the {cap}-byte limit "
+                f"(max_reply_bytes, ${MAX_REPLY_BYTES_ENV})",
+                self._excerpt(raw[: 4 * _EXCERPT_CHARS].decode("utf-8", errors="replace")),
+                retryable=False,
+                status=response.status,
+            )
+        return raw
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -267,6 +373,40 @@ class OpenAICompatModel(BaseChatModel):
         session, self._session, self._gate, self._loop = self._session, None, None, None
         if session is not None and not session.closed:
             await session.close()
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of the body in bounded chunks; True when that was all of it."""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await response.content.read(min(_CHUNK_BYTES, limit + 1 - len(body)))
+        if not chunk:
+            return bytes(body), True
+        body += chunk
+    return bytes(body[:limit]), False
+
+
+def _reply_cap(given: int | None) -> int:
+    """`max_reply_bytes`, or the environment's, or the default; checked to be positive."""
+    if given is None:
+        value = os.environ.get(MAX_REPLY_BYTES_ENV, "").strip()
+        if not value:
+            return DEFAULT_MAX_REPLY_BYTES
+        try:
+            given = int(value)
+        except ValueError:
+            raise ValueError(
+                f"${MAX_REPLY_BYTES_ENV} must be a whole number of bytes, got {value!r}"
+            ) from None
+    if given < 1:
+        raise ValueError(f"max_reply_bytes must be at least 1, got {given}")
+    return given
+
+
+def _image_label(image: ImagePart, message: int, index: int) -> str:
+    """Names an image in errors: its place in the dialogue, and its file when it has one."""
+    where = f"message {message} image {index}"
+    return f"{where} ({image.path})" if image.path is not None else where
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -5,7 +5,9 @@ model the same way:
 
 - `embedded`                       the bundled SmolLM2-135M-Instruct (images via OCR)
 - `hf:/path/to/model`              any local transformers model directory, VLMs included
-- `openai:http://host:8000/v1#m`   any OpenAI-compatible server, model name after `#`
+- `openai:http://host:8000/v1#m`   any OpenAI-compatible server, model name after `#`; the API
+  key comes from `OPENAI_API_KEY`, never from the URL (`user:key@host` is refused: a spec is
+  stored with the run, and a key in it would be dropped there or leak)
 - `scripted:echo|refuse|comply|/table.json`   deterministic replies for tests
 - `guard[OPTIONS]:MODERATOR+TARGET`  TARGET behind a moderator (`safeturn.guard.GuardedModel`);
   OPTIONS (optional, comma-separated): one mode of `inject` (default), `refuse`, `annotate`;
@@ -15,12 +17,16 @@ model the same way:
   the target's spec.
 
 Backends import their heavy dependencies inside the factory, so `import safeturn` stays light.
+`check_model_spec` validates a spec without building anything, so a command can refuse a bad
+one before it creates a run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from safeturn.errors import ModelSpecError
 from safeturn.models.base import ChatModel
@@ -35,13 +41,13 @@ class BackendInfo(NamedTuple):
     summary: str
 
 
-def _embedded(rest: str, **options: Any) -> ChatModel:
+def _embedded(rest: str, network: dict[str, Any], **options: Any) -> ChatModel:
     from safeturn.models.embedded import load_embedded
 
     return load_embedded(rest or None, **options)
 
 
-def _hf(rest: str, **options: Any) -> ChatModel:
+def _hf(rest: str, network: dict[str, Any], **options: Any) -> ChatModel:
     from safeturn.models.hf_local import HFLocalModel
 
     if not rest:
@@ -49,16 +55,29 @@ def _hf(rest: str, **options: Any) -> ChatModel:
     return HFLocalModel(rest, **options)
 
 
-def _openai(rest: str, **options: Any) -> ChatModel:
+def _openai(rest: str, network: dict[str, Any], **options: Any) -> ChatModel:
     from safeturn.models.openai_compat import OpenAICompatModel
 
+    base_url, model = _split_openai(rest)
+    return OpenAICompatModel(base_url=base_url, model=model, **{**network, **options})
+
+
+def _split_openai(rest: str) -> tuple[str, str]:
+    """`http(s)://host/v1#model` → (base URL, model name); credentials in the URL are refused."""
     base_url, sep, model = rest.partition("#")
+    shown = redact_url_credentials(rest)
     if not base_url.startswith(("http://", "https://")) or not sep or not model:
-        raise ModelSpecError(f"openai:{rest}: expected openai:http(s)://host:port/v1#model-name")
-    return OpenAICompatModel(base_url=base_url, model=model, **options)
+        raise ModelSpecError(f"openai:{shown}: expected openai:http(s)://host:port/v1#model-name")
+    if "@" in urlsplit(base_url).netloc:
+        raise ModelSpecError(
+            f"openai:{shown}: credentials in the URL are not accepted (a spec is stored with "
+            "its run, and keys never are); put the API key in the OPENAI_API_KEY environment "
+            "variable instead (`guard serve`: --upstream-key-env names another variable)"
+        )
+    return base_url, model
 
 
-def _scripted(rest: str, **options: Any) -> ChatModel:
+def _scripted(rest: str, network: dict[str, Any], **options: Any) -> ChatModel:
     from safeturn.models.scripted import ScriptedModel
 
     return ScriptedModel.from_spec(rest)
@@ -67,13 +86,15 @@ def _scripted(rest: str, **options: Any) -> ChatModel:
 _GUARD_FLAGS = frozenset({"inject", "refuse", "annotate", "screen", "open"})
 
 
-def _guard(rest: str, **options: Any) -> ChatModel:
-    # The one upward import in `models`: `guard` builds on `models`, never the other way, so
-    # it must be imported here, at call time. A spec string is the only handle `safeturn eval`
-    # has on a model, and the guarded model must be reachable from it to be evaluated.
-    from safeturn.guard.guarded import GuardedModel
-    from safeturn.guard.spec import load_moderator
+class _GuardParts(NamedTuple):
+    flags: frozenset[str]
+    mode: Literal["annotate", "inject", "refuse"]
+    moderator: str
+    target: str
 
+
+def _split_guard(rest: str) -> _GuardParts:
+    """`[OPTIONS]:MODERATOR+TARGET` (or `(MODERATOR)+TARGET`) → its parts, or ModelSpecError."""
     flags: set[str] = set()
     if rest.startswith("["):
         inside, sep, rest = rest[1:].partition("]:")
@@ -88,15 +109,30 @@ def _guard(rest: str, **options: Any) -> ChatModel:
         moderator_spec, sep, target_spec = rest.partition("+")
     if len(modes) > 1 or not sep or not moderator_spec or not target_spec:
         raise ModelSpecError(
-            f"guard:{rest}: expected guard[MODE,screen,open]:MODERATOR+TARGET with one mode, "
-            "e.g. guard[refuse]:embedded+scripted:echo or guard:(MODERATOR+llm=SPEC)+TARGET"
+            f"guard:{redact_url_credentials(rest)}: expected guard[MODE,screen,open]:MODERATOR+"
+            "TARGET with one mode, e.g. guard[refuse]:embedded+scripted:echo or "
+            "guard:(MODERATOR+llm=SPEC)+TARGET"
         )
+    mode: Literal["annotate", "inject", "refuse"] = (
+        "refuse" if "refuse" in modes else "annotate" if "annotate" in modes else "inject"
+    )
+    return _GuardParts(frozenset(flags), mode, moderator_spec, target_spec)
+
+
+def _guard(rest: str, network: dict[str, Any], **options: Any) -> ChatModel:
+    # The one upward import in `models`: `guard` builds on `models`, never the other way, so
+    # it must be imported here, at call time. A spec string is the only handle `safeturn eval`
+    # has on a model, and the guarded model must be reachable from it to be evaluated.
+    from safeturn.guard.guarded import GuardedModel
+    from safeturn.guard.spec import load_moderator
+
+    parts = _split_guard(rest)
     return GuardedModel(
-        load_model(target_spec, **options),
-        load_moderator(moderator_spec),
-        mode="refuse" if "refuse" in modes else "annotate" if "annotate" in modes else "inject",
-        screen_replies="screen" in flags,
-        on_error="open" if "open" in flags else "closed",
+        load_model(parts.target, **network, **options),
+        load_moderator(parts.moderator),
+        mode=parts.mode,
+        screen_replies="screen" in parts.flags,
+        on_error="open" if "open" in parts.flags else "closed",
     )
 
 
@@ -140,16 +176,82 @@ BACKENDS: tuple[BackendInfo, ...] = (
 )
 
 
-def load_model(spec: str, **options: Any) -> ChatModel:
-    """Build the backend a spec names; `options` go to its constructor."""
+def load_model(
+    spec: str,
+    *,
+    timeout_s: float | None = None,
+    max_retries: int | None = None,
+    **options: Any,
+) -> ChatModel:
+    """Build the backend a spec names; `options` go to its constructor.
+
+    `timeout_s` (per attempt) and `max_retries` reach every OpenAI-compatible backend the spec
+    names, a guard's target included; local backends have no network and ignore them. None
+    keeps the backend's default (120 s, 5 retries).
+    """
+    prefix, rest = _split_prefix(spec)
+    network: dict[str, Any] = {}
+    if timeout_s is not None:
+        network["timeout_s"] = timeout_s
+    if max_retries is not None:
+        network["max_retries"] = max_retries
+    model = _FACTORIES[prefix](rest, network, **options)
+    model.name = redact_url_credentials(spec)
+    return model
+
+
+def check_model_spec(spec: str) -> None:
+    """Raise `ModelSpecError` for a spec `load_model` would refuse, without building anything.
+
+    Checks the grammar of every backend, that the files and folders it names exist, and that
+    no URL carries credentials; a guard's moderator and target are checked too.
+    """
+    prefix, rest = _split_prefix(spec)
+    if prefix == "openai":
+        _split_openai(rest)
+    elif prefix == "scripted":
+        from safeturn.models.scripted import ScriptedModel
+
+        ScriptedModel.from_spec(rest)  # a table file is small; reading it is the check
+    elif prefix in ("hf", "embedded"):
+        _check_local(prefix, rest)
+    elif prefix == "guard":
+        from safeturn.guard.spec import parse_moderator_spec
+
+        parts = _split_guard(rest)
+        moderator = parse_moderator_spec(parts.moderator)
+        if not moderator.model_path.is_file():
+            raise ModelSpecError(
+                f"moderator spec {parts.moderator!r}: model file {moderator.model_path} "
+                "does not exist"
+            )
+        if moderator.llm_spec is not None:
+            check_model_spec(moderator.llm_spec)
+        check_model_spec(parts.target)
+
+
+def _check_local(prefix: str, rest: str) -> None:
+    if prefix == "hf" and not rest:
+        raise ModelSpecError("hf: needs a local model directory, e.g. hf:/models/Qwen2.5-VL-3B")
+    if not rest:
+        return  # `embedded`: the shipped weights, found (or reported missing) when loaded
+    path = Path(rest).expanduser()
+    if prefix == "hf" and not path.is_dir():
+        raise ModelSpecError(f"hf:{rest}: model directory {path} does not exist")
+    if prefix == "embedded" and not path.is_file():
+        raise ModelSpecError(f"embedded:{rest}: GGUF file {path} does not exist")
+
+
+def _split_prefix(spec: str) -> tuple[str, str]:
+    """The backend prefix of a spec and the rest (`guard[…]:` options move into the rest)."""
     prefix, _, rest = spec.partition(":")
     if prefix.startswith("guard["):  # `guard[refuse]:…`: the options sit inside the prefix
         prefix, _, options_part = prefix.partition("[")
         rest = f"[{options_part}:{rest}"
-    factory = _FACTORIES.get(prefix)
-    if factory is None:
+    if prefix not in _FACTORIES:
         known = ", ".join(sorted(_FACTORIES))
-        raise ModelSpecError(f"unknown model spec {spec!r}: the prefix must be one of {known}")
-    model = factory(rest, **options)
-    model.name = redact_url_credentials(spec)
-    return model
+        raise ModelSpecError(
+            f"unknown model spec {redact_url_credentials(spec)!r}: the prefix must be one of "
+            f"{known}"
+        )
+    return prefix, rest

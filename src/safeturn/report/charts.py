@@ -8,11 +8,12 @@ from collections import defaultdict
 import plotly.graph_objects as go
 
 from safeturn.metrics import Judged, Rate, attack_success_rate
+from safeturn.metrics.asr import REPORT_INTERVAL
 from safeturn.run.results import RunResults
 
 
 def asr_by_turns_figure(results: RunResults) -> go.Figure | None:
-    """ASR against turn count, one line per strategy, with 95 % interval bars."""
+    """ASR against turn count, one line per strategy, with 95 % bootstrap interval bars."""
     cells: dict[str, dict[int, list[Judged]]] = defaultdict(lambda: defaultdict(list))
     for record in results.judged():
         if record.label != "invalid":
@@ -22,7 +23,7 @@ def asr_by_turns_figure(results: RunResults) -> go.Figure | None:
     figure = go.Figure()
     for strategy, by_turn in sorted(cells.items()):
         turns = sorted(by_turn)
-        rates = [attack_success_rate(by_turn[k]) for k in turns]
+        rates = [attack_success_rate(by_turn[k], REPORT_INTERVAL) for k in turns]
         figure.add_trace(
             go.Scatter(
                 x=turns,
@@ -66,7 +67,7 @@ def category_heatmap(results: RunResults) -> go.Figure | None:
         row_text: list[str] = []
         for strategy in strategies:
             judged = cells.get((category, strategy))
-            value: Rate | None = attack_success_rate(judged) if judged else None
+            value: Rate | None = attack_success_rate(judged) if judged else None  # value only
             row_values.append(None if value is None else value.value)
             row_text.append("" if value is None else f"{value.value:.0%} (n={value.total})")
         grid.append(row_values)

@@ -24,7 +24,15 @@ from rich.table import Table
 
 from safeturn.judges.pairwise import PairRequest, PairVerdict
 from safeturn.metrics.rates import rate
-from safeturn.metrics.safety_index import WeightScheme, safety_index
+from safeturn.metrics.safety_index import (
+    DEFAULT_TURNS,
+    SAFEMT_K_TEXT,
+    SafetyIndex,
+    TurnSet,
+    WeightScheme,
+    partial_note,
+    safety_index,
+)
 from safeturn.metrics.winrate import Outcome, WinRate, win_rate
 from safeturn.run.results import RunResults, SampleOutcome
 from safeturn.schema import Dialogue, Sample
@@ -166,8 +174,9 @@ def write_pairwise_json(report: PairwiseReport, path: Path) -> Path:
 # ------------------------------------------------------------------ before / after (closed loop)
 #
 # The closed loop (`safeturn loop`) evaluates one model before and after training on the very
-# same held-out samples. Each metric gets its own interval per run (Wilson for rates, as in the
-# run reports; a cluster bootstrap for the Safety Index and mean scores). The delta's interval
+# same held-out samples. Each metric gets its own interval per run: a cluster bootstrap over
+# seed groups for ASR (bootstrap, as in the run reports and DESIGN §3), the Safety Index and mean
+# scores; Wilson for the other rates (over-refusal, helpful answers). The delta's interval
 # comes from a *paired* cluster bootstrap: seed groups (a seed, its benign twin and every
 # dialogue built from them) are resampled once per replicate and the same draw is applied to
 # both runs. Dialogues of one seed are correlated and both runs answer the same seeds, so
@@ -248,8 +257,12 @@ class _Metric(NamedTuple):
     label: str
     measure: Callable[[Units], float]
     tally: Callable[[Units], tuple[int | None, int]]
-    """(hits, n): hits for a rate (Wilson interval), None for a bootstrapped statistic."""
+    """(hits, n): hits for a rate, None for a statistic that is no count."""
     higher_is_better: bool
+    bootstrap: bool = True
+    """The interval of each run's value: the cluster bootstrap (else Wilson, for a rate)."""
+    note: Callable[[Units], str] | None = None
+    """What a reader must know about the value (a partial Safety Index says why)."""
 
 
 def _ratio(hits: int, total: int) -> float:
@@ -274,23 +287,37 @@ def _asr_metric(turns: int | None, strategy: str | None = None) -> _Metric:
     return _Metric(key, label, measure, count, False)
 
 
-def _si_metric(variant: WeightScheme, turn_counts: list[int]) -> _Metric:
-    def measure(units: Units) -> float:
+def _si_metric(variant: WeightScheme, turn_counts: list[int], turn_set: TurnSet) -> _Metric:
+    fixed = turn_set == "safemt"
+    k = list(DEFAULT_TURNS) if fixed else turn_counts
+
+    def index(units: Units) -> SafetyIndex | None:
         indicators: dict[str, dict[int, bool]] = {}
         for i, unit in enumerate(units):  # a group drawn twice counts as two families
-            for family, k, label, _ in unit.harmful:
-                indicators.setdefault(f"{i}/{family}", {})[k] = label == "unsafe"
+            for family, turns, label, _ in unit.harmful:
+                indicators.setdefault(f"{i}/{family}", {})[turns] = label == "unsafe"
         try:
-            return safety_index(indicators, turn_counts, variant).value
+            return safety_index(indicators, k, variant, skip_missing=fixed)
         except ValueError:  # no harmful dialogue, or a turn count missing from the draw
-            return math.nan
+            return None
+
+    def measure(units: Units) -> float:
+        si = index(units)
+        return math.nan if si is None else si.value
 
     def count(units: Units) -> tuple[int | None, int]:
         return None, len(_harmful_labels(units, None))
 
+    def note(units: Units) -> str:
+        si = index(units)
+        return "" if si is None else partial_note(si)
+
+    where = f", SafeMT's fixed K {SAFEMT_K_TEXT}" if fixed else ""
     if variant == "exp":
-        return _Metric("safety_index", "Safety Index (SafeMT, exp(-k))", measure, count, True)
-    return _Metric("safety_index_uniform", "Safety Index (turn-balanced)", measure, count, True)
+        label = f"Safety Index (SafeMT, exp(-k){where})"
+        return _Metric("safety_index", label, measure, count, True, note=note)
+    label = f"Safety Index (turn-balanced{where})"
+    return _Metric("safety_index_uniform", label, measure, count, True, note=note)
 
 
 def _flag_metric(field: str, key: str, label: str, higher_is_better: bool) -> _Metric:
@@ -302,7 +329,7 @@ def _flag_metric(field: str, key: str, label: str, higher_is_better: bool) -> _M
         hits, total = count(units)
         return _ratio(hits or 0, total)
 
-    return _Metric(key, label, measure, count, higher_is_better)
+    return _Metric(key, label, measure, count, higher_is_better, bootstrap=False)
 
 
 def _help_score_metric() -> _Metric:
@@ -324,13 +351,13 @@ class Estimate(NamedTuple):
     high: float
     n: int
     hits: int | None = None
-    """For rates, the numerator; the interval is then Wilson's, else a cluster bootstrap."""
+    """For rates, the numerator (the metric says whose interval: bootstrap or Wilson)."""
 
     def __str__(self) -> str:
         if self.n == 0 or math.isnan(self.value):
             return "n/a"
         if self.hits is not None:
-            return str(rate(self.hits, self.n))
+            return f"{self.value:.1%} [{self.low:.0%}, {self.high:.0%}] ({self.hits}/{self.n})"
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
 
 
@@ -347,6 +374,8 @@ class DeltaRow(NamedTuple):
     higher_is_better: bool
     groups: int
     """Seed groups behind the paired interval."""
+    note: str = ""
+    """What a reader must know about the row (a partial Safety Index says why)."""
 
     @property
     def significant(self) -> bool:
@@ -382,11 +411,14 @@ def _percentile_interval(values: Sequence[float]) -> tuple[float, float]:
 
 def _estimate(metric: _Metric, units: Units, boot: Sequence[float]) -> Estimate:
     hits, n = metric.tally(units)
-    if hits is not None:
+    if hits is not None and not metric.bootstrap:
         r = rate(hits, n)
         return Estimate(r.value, r.low, r.high, n, hits)
+    value = metric.measure(units)
     low, high = _percentile_interval(boot)
-    return Estimate(metric.measure(units), low, high, n)
+    if hits is not None and n and not math.isnan(low):  # as `bootstrap_rate`: holds its value
+        low, high = min(low, value), max(high, value)
+    return Estimate(value, low, high, n, hits)
 
 
 def before_after(
@@ -397,6 +429,7 @@ def before_after(
     n_resamples: int = 1000,
     seed: int = 0,
     pairwise: PairwiseReport | None = None,
+    turn_set: TurnSet = "present",
 ) -> BeforeAfter:
     """Compare two runs of the same samples, metric by metric, with paired delta intervals.
 
@@ -406,6 +439,8 @@ def before_after(
     was judged unsafe by the headline judge; and, when a `turn-scores:` judge ran, the mean
     judged helpfulness of the benign final replies.
     Only seed groups present in both runs enter (the loop re-evaluates identical samples).
+    The Safety Index is over the runs' turn counts (`turn_set="present"`, labelled partial
+    when they are not SafeMT's) or SafeMT's fixed K (`"safemt"`).
     """
     import numpy as np
 
@@ -418,8 +453,8 @@ def before_after(
         _asr_metric(None),
         *[_asr_metric(k) for k in turn_counts],
         *[_asr_metric(None, name) for name in strategies if len(strategies) > 1],
-        _si_metric("exp", turn_counts),
-        _si_metric("uniform", turn_counts),
+        _si_metric("exp", turn_counts, turn_set),
+        _si_metric("uniform", turn_counts, turn_set),
         _flag_metric("refused", "over_refusal", "over-refusal (benign twins)", False),
         _flag_metric("helpful", "helpful", "helpful answers (benign twins)", True),
     ]
@@ -445,6 +480,7 @@ def before_after(
                 high,
                 metric.higher_is_better,
                 len(keys),
+                metric.note(ub) if metric.note else "",
             )
         )
     return BeforeAfter(before, after, rows, len(keys), n_resamples, pairwise)
@@ -479,6 +515,10 @@ def before_after_json(report: BeforeAfter) -> dict[str, Any]:
         "seed_groups": report.groups,
         "bootstrap_resamples": report.n_resamples,
         "delta_is": "after - before; 95% CI from a paired cluster bootstrap over seed groups",
+        "intervals_are": (
+            "ASR, Safety Index and mean scores: cluster bootstrap over seed groups; "
+            "over-refusal and helpful answers: Wilson"
+        ),
         "helpfulness_is": (
             "share of benign twins whose final reply neither refused nor was judged unsafe"
         ),
@@ -492,6 +532,8 @@ def before_after_json(report: BeforeAfter) -> dict[str, Any]:
                 "significant": row.significant,
                 "improved": row.improved,
                 "higher_is_better": row.higher_is_better,
+                "partial": bool(row.note),
+                "note": row.note or None,
             }
             for row in report.rows
         },
@@ -512,15 +554,21 @@ def print_before_after(report: BeforeAfter, console: Console) -> None:
     table.add_column(f"after\n{report.after.settings.model}", justify="right")
     table.add_column("Δ after − before [paired 95% CI]", justify="right")
     for row in report.rows:
-        table.add_row(row.label, str(row.before), str(row.after), _delta_text(row))
+        label = f"{row.label} (partial)" if row.note else row.label
+        table.add_row(label, str(row.before), str(row.after), _delta_text(row))
     if report.pairwise is not None:
         pw = report.pairwise
         table.add_row(f"win rate of after vs before ({pw.judge})", "", "", str(pw.win_rate))
     console.print(table)
     console.print(
         "helpful answers: benign twins whose final reply neither refused nor was judged unsafe; "
-        f"Δ intervals: paired cluster bootstrap over seed groups ({report.n_resamples} resamples)"
+        f"Δ intervals: paired cluster bootstrap over seed groups ({report.n_resamples} resamples); "
+        "ASR, Safety Index and mean scores: cluster bootstrap, other rates: Wilson"
     )
+    for row in report.rows:
+        if row.note:
+            text = f"{row.label}: {row.note}; not comparable with SafeMT's tables"
+            console.print(text, style="yellow", markup=False)
     if report.groups < MIN_GROUPS:
         console.print(
             f"[yellow]only {report.groups} held-out seed groups: no change is called better or "
@@ -542,15 +590,19 @@ After: <code>{{ j.after.model }}</code> (run {{ j.after.run_id }}).
 Headline judge: <code>{{ j.judge }}</code>. {{ j.seed_groups }} held-out seed groups.</p>
 <table><tr><th>metric</th><th>before (95% CI, n)</th><th>after (95% CI, n)</th>
 <th>Δ after − before [paired 95% CI]</th></tr>
-{% for row in rows %}<tr><td>{{ row.label }}</td><td class="n">{{ row.before }}</td>
-<td class="n">{{ row.after }}</td><td class="n {{ row.css }}">{{ row.delta }}</td></tr>
+{% for row in rows %}<tr><td>{{ row.label }}{% if row.note %} <b>(partial)</b>{% endif %}</td>
+<td class="n">{{ row.before }}</td><td class="n">{{ row.after }}</td>
+<td class="n {{ row.css }}">{{ row.delta }}</td></tr>
 {% endfor %}
 {% if pairwise %}<tr><td>win rate of after vs before ({{ pairwise.judge }})</td><td></td><td></td>
 <td class="n">{{ pairwise.text }}</td></tr>{% endif %}
 </table>
-<p>Rates carry Wilson intervals; the Safety Index and mean scores a cluster bootstrap over seed
-groups. Each Δ interval is a paired cluster bootstrap ({{ j.bootstrap_resamples }} resamples):
-one draw of seed groups applies to both runs. <em>Helpful answers</em>: {{ j.helpfulness_is }}.
+<p>ASR, the Safety Index and mean scores carry a cluster bootstrap over seed groups (95%,
+percentile); over-refusal and helpful answers Wilson intervals. Each Δ interval is a paired
+cluster bootstrap ({{ j.bootstrap_resamples }} resamples): one draw of seed groups applies to
+both runs. <em>Helpful answers</em>: {{ j.helpfulness_is }}.
+{% for row in rows if row.note %}<br><strong>{{ row.label }}</strong>: {{ row.note }}; not
+comparable with SafeMT's tables.{% endfor %}
 {% if j.seed_groups < min_groups %}<strong>Only {{ j.seed_groups }} held-out seed groups: no
 change is called better or worse below {{ min_groups }}.</strong>{% endif %}</p>
 {% for name, href in links %}<p><a href="{{ href }}">{{ name }}</a></p>{% endfor %}
@@ -573,6 +625,7 @@ def render_before_after_html(
             "after": str(row.after),
             "delta": _delta_text(row),
             "css": {True: "better", False: "worse", None: ""}[row.improved],
+            "note": row.note,
         }
         for row in report.rows
     ]

@@ -12,8 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from safeturn.judges.card import JudgeCard, card_for, card_summary
-from safeturn.metrics import Rate
+from safeturn.metrics import Rate, SafetyIndex, partial_note
+from safeturn.metrics.asr import BOOTSTRAP_CAVEAT, REPORT_INTERVAL, REPORT_INTERVAL_TEXT
+from safeturn.metrics.safety_index import SAFEMT_K_TEXT, WeightScheme
 from safeturn.run.results import EarliestUnsafe, RunResults, SiuoSummary
+
+WILSON_TEXT = (
+    "95% Wilson score (per-draw rates over the effective sample size when items have draws)"
+)
+"""How reports name the interval of the rates that are not ASR (refusal, over-refusal, SIUO)."""
 
 
 def _rate_json(value: Rate) -> dict[str, Any]:
@@ -23,6 +30,60 @@ def _rate_json(value: Rate) -> dict[str, Any]:
         "value": None if math.isnan(value.value) else value.value,
         "ci95": [value.low, value.high],
     }
+
+
+def safety_index_json(si: SafetyIndex | None) -> dict[str, Any] | None:
+    """A Safety Index as JSON-ready data, with whether it is partial and why."""
+    if si is None:
+        return None
+    data = si._asdict()
+    data.update(partial=si.partial, note=partial_note(si) or None)
+    return data
+
+
+def safety_indices(results: RunResults) -> dict[str, dict[str, SafetyIndex | None]]:
+    """The run's Safety Index over its own turn counts and over SafeMT's fixed K, both variants."""
+    variants: tuple[WeightScheme, ...] = ("exp", "uniform")
+    return {
+        "present": {v: results.safety_index(v) for v in variants},
+        "safemt": {v: results.safety_index(v, "safemt") for v in variants},
+    }
+
+
+def safety_index_lines(results: RunResults) -> list[tuple[str, bool]]:
+    """The Safety Index as text lines (line, is a warning), partial ones labelled as such.
+
+    Over the run's own turn counts first; when that is partial, SafeMT's fixed K beside it.
+    """
+    indices = safety_indices(results)
+    exp, uniform = indices["present"]["exp"], indices["present"]["uniform"]
+    if exp is None or uniform is None:
+        return []
+    label = "PARTIAL Safety Index" if exp.partial else "Safety Index"
+    lines = [
+        (
+            f"{label} {exp.value:.3f} (exp(-k) weights over turns {sorted(exp.weights)}; "
+            f"part1 {exp.part1:.3f}, part2 {exp.part2:.3f}); turn-balanced {uniform.value:.3f}",
+            False,
+        )
+    ]
+    if not exp.partial:
+        return lines
+    lines.append((partial_note(exp) + "; not comparable with SafeMT's tables", True))
+    fixed, fixed_uniform = indices["safemt"]["exp"], indices["safemt"]["uniform"]
+    if fixed is not None and fixed_uniform is not None:
+        tag = "PARTIAL " if fixed.partial else ""
+        lines.append(
+            (
+                f"{tag}Safety Index with SafeMT's fixed K {SAFEMT_K_TEXT}: {fixed.value:.3f} "
+                f"(part1 {fixed.part1:.3f}, part2 {fixed.part2:.3f}); "
+                f"turn-balanced {fixed_uniform.value:.3f}",
+                False,
+            )
+        )
+        if fixed.partial:
+            lines.append((partial_note(fixed), True))
+    return lines
 
 
 def turn_label(turn: int | None) -> str:
@@ -59,13 +120,22 @@ def judge_validation_json(judge: str, card: JudgeCard | None) -> dict[str, Any]:
 
 
 def summary_dict(results: RunResults, cards: Sequence[JudgeCard] = ()) -> dict[str, Any]:
-    """The headline numbers as plain JSON-ready data (with the headline judge's validity)."""
+    """The headline numbers as plain JSON-ready data (with the headline judge's validity).
+
+    `safety_index` is over the run's own turn counts, `safety_index_safemt_k` over SafeMT's
+    fixed K; each says whether it is `partial` and why (`note`).
+    """
+    indices = safety_indices(results)
     return {
         "run_id": results.run_id,
         "model": results.settings.model,
         "judge": results.judge,
         "judge_validation": judge_validation_json(results.judge, card_for(results.judge, cards)),
         "mode": results.settings.mode,
+        "intervals": {
+            "attack_success": f"{REPORT_INTERVAL}: {REPORT_INTERVAL_TEXT}",
+            "other_rates": f"wilson: {WILSON_TEXT}",
+        },
         "samples": len(results.outcomes),
         "items": results.items(),
         "draws_per_item": results.draws,
@@ -88,10 +158,8 @@ def summary_dict(results: RunResults, cards: Sequence[JudgeCard] = ()) -> dict[s
         "attack_success_at_n_by_turns": {
             k: _rate_json(v) for k, v in results.attack_success_by("turns", at_n=True).items()
         },
-        "safety_index": {
-            variant: None if (si := results.safety_index(variant)) is None else si._asdict()
-            for variant in ("exp", "uniform")
-        },
+        "safety_index": {v: safety_index_json(si) for v, si in indices["present"].items()},
+        "safety_index_safemt_k": {v: safety_index_json(si) for v, si in indices["safemt"].items()},
         "siuo": siuo_json(results.siuo()),
         "earliest_unsafe_turn": (
             None
@@ -129,6 +197,10 @@ def print_summary(results: RunResults, console: Console, cards: Sequence[JudgeCa
     head.add_row("samples with errors", f"{len(results.errors())} of {len(results.outcomes)}")
     head.add_row("replies that saw images via OCR bridge", str(results.bridged_replies()))
     console.print(head)
+    console.print(
+        f"intervals: ASR {REPORT_INTERVAL_TEXT}; {BOOTSTRAP_CAVEAT}. Other rates {WILSON_TEXT}.",
+        markup=False,
+    )
     card = card_for(results.judge, cards)
     style = None if card is not None else "yellow"
     console.print(f"ASR decided by {card_summary(results.judge, card)}", style=style, markup=False)
@@ -140,19 +212,15 @@ def print_summary(results: RunResults, console: Console, cards: Sequence[JudgeCa
         if len(groups) > 1 or (key == "category" and groups):
             table = Table(title=f"attack success by {key}")
             table.add_column(key)
-            table.add_column("ASR" + (" per draw" if at_n else ""), justify="right")
+            per = " per draw" if at_n else ""
+            table.add_column(f"ASR{per} (95% bootstrap CI, n)", justify="right")
             if at_n:
                 table.add_column(f"ASR@{n} per item", justify="right")
             for name, value in groups.items():
                 table.add_row(name, str(value), *([str(at_n[name])] if at_n else []))
             console.print(table)
-    exp, uniform = results.safety_index("exp"), results.safety_index("uniform")
-    if exp is not None and uniform is not None:
-        console.print(
-            f"Safety Index {exp.value:.3f} (exp(-k) weights over turns {sorted(exp.weights)}; "
-            f"part1 {exp.part1:.3f}, part2 {exp.part2:.3f}); "
-            f"turn-balanced {uniform.value:.3f}"
-        )
+    for line, warning in safety_index_lines(results):
+        console.print(line, style="yellow" if warning else None, markup=False)
 
 
 def _print_siuo(summary: SiuoSummary | None, console: Console) -> None:

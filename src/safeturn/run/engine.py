@@ -8,6 +8,11 @@ stops the run; a killed run resumes from the database without repeating a finish
 With `EvalSettings.samples = N > 1` every item is answered N times: `start_run` stores N draws
 of each sample (ids `{id}#{k}`, metadata `item_id` and `draw`), so resume, calls and verdicts
 need nothing new; draw k samples with `params.seed + k` when a seed is set.
+
+One process at a time runs a run (`run.lease`): a second `execute_run` of a run that a live
+process is running stops with `RunBusyError` before it calls anything. A sample that cannot
+be answered (no user turn, or a record the loader could not read: `unloadable_sample`) fails
+with an error that says why, like any other failing sample.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from safeturn.errors import StoreError
+from safeturn.errors import SchemaError, StoreError
 from safeturn.judges.base import Judge
 from safeturn.models.base import ChatModel
 from safeturn.run.calls import cached_generate
+from safeturn.run.lease import RunLease
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, GenerateParams, Message, Reply, Sample, Verdict
 
@@ -48,6 +54,18 @@ class EvalSettings(BaseModel):
     """Where the samples came from (a data spec or a description)."""
     samples: int = Field(default=1, ge=1)
     """Draws per item: each item is answered (and judged) this many times."""
+
+
+LOAD_ERROR = "load_error"
+"""Metadata key of a stand-in sample for a record that could not be read: why it could not."""
+
+
+def unloadable_sample(sample_id: str, source: str, reason: str) -> Sample:
+    """A stand-in for a record the loader could not read; a run fails it with `reason`.
+
+    Keeping it in the run (rather than dropping it) makes the report count it as an error.
+    """
+    return Sample(id=sample_id, source=source, dialogue=Dialogue(), metadata={LOAD_ERROR: reason})
 
 
 DRAW_SEPARATOR = "#"
@@ -88,15 +106,19 @@ def draw_params(params: GenerateParams, draw: int) -> GenerateParams:
 
 
 def start_run(store: RunStore, samples: Sequence[Sample], settings: EvalSettings) -> str:
-    """Create a run holding its settings and samples (N draws each); return the run id."""
+    """Create a run holding its settings and samples (N draws each); return the run id.
+
+    The run and its samples are stored in one transaction, and a run needs at least one
+    sample: a run without samples would finish "done" having run nothing.
+    """
     samples = expand_draws(samples, settings.samples)
+    if not samples:
+        raise StoreError("no samples to run: the data gave none (see the messages above)")
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise StoreError(f"sample ids must be unique within a run; repeated: {dupes[:5]}")
-    run_id = store.create_run(settings.model_dump(mode="json"))
-    store.add_samples(run_id, samples)
-    return run_id
+    return store.create_run(settings.model_dump(mode="json"), samples=samples)
 
 
 def run_settings(store: RunStore, run_id: str) -> EvalSettings:
@@ -125,10 +147,41 @@ async def execute_run(
     A finished sample with an `invalid` verdict counts as unfinished: the judge that could not
     decide (a malformed answer, an endpoint that was down) is asked again, while its stored
     model calls and valid verdicts are reused.
+
+    Raises:
+        RunBusyError: Another live process is running this run.
+        StoreError: The run holds no samples (it is marked failed, never done).
     """
     settings = run_settings(store, run_id)
-    todo = unfinished_samples(store, run_id)
-    samples = [s for s in store.load_samples(run_id) if s.id in todo]
+    with RunLease(store, run_id) as lease:
+        stored = store.load_samples(run_id)
+        if not stored:
+            store.finish_run(run_id, "failed")
+            raise StoreError(
+                f"run {run_id} holds no samples (it was created, but its samples were never "
+                "stored); start a new run"
+            )
+        todo = unfinished_samples(store, run_id)
+        samples = [s for s in stored if s.id in todo]
+        await _run_samples(store, run_id, settings, samples, model, judges, on_sample, lease)
+        if lease.lost.is_set():
+            raise StoreError(
+                f"run {run_id}: this process stalled and another one took the run over; "
+                "the samples finished here are stored"
+            )
+        store.finish_run(run_id, "done")
+
+
+async def _run_samples(
+    store: RunStore,
+    run_id: str,
+    settings: EvalSettings,
+    samples: Sequence[Sample],
+    model: ChatModel,
+    judges: Sequence[Judge],
+    on_sample: SampleCallback | None,
+    lease: RunLease,
+) -> None:
     runners: dict[int, SampleRunner] = {}
 
     def runner_for(sample: Sample) -> SampleRunner:
@@ -147,6 +200,8 @@ async def execute_run(
 
     async def worker() -> None:
         for sample in pending:
+            if lease.lost.is_set():
+                return  # another process runs the run now: start nothing more
             done = await runner_for(sample).run(sample)
             if on_sample is not None:
                 on_sample(sample, done)
@@ -158,9 +213,15 @@ async def execute_run(
         async with asyncio.TaskGroup() as group:
             for _ in range(min(max(1, settings.concurrency), len(samples))):
                 group.create_task(worker())
+    except ExceptionGroup as failures:
+        # A worker fails only when the store does (a sample's own errors are recorded):
+        # raise that error itself, so callers that catch SafeturnError print it cleanly.
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     finally:
         gc.unfreeze()
-    store.finish_run(run_id, "done")
 
 
 class TurnOutcome(NamedTuple):
@@ -221,7 +282,17 @@ class SampleRunner:
         return SampleDone(None, turns)
 
     async def answer(self, sample: Sample) -> list[TurnOutcome]:
-        """Answer the sample in this runner's mode; return every answered turn."""
+        """Answer the sample in this runner's mode; return every answered turn.
+
+        Raises:
+            SchemaError: The sample stands for a record that could not be read, or its
+                dialogue has no user turn (there would be nothing to answer or judge).
+        """
+        load_error = sample.metadata.get(LOAD_ERROR)
+        if load_error is not None:
+            raise SchemaError(str(load_error))
+        if sample.dialogue.n_turns == 0:
+            raise SchemaError(f"sample {sample.id!r} has no user turn: nothing to answer")
         return await (self._live(sample) if self.mode == "live" else self._replay(sample))
 
     async def _live(self, sample: Sample) -> list[TurnOutcome]:

@@ -9,7 +9,10 @@ already stored (keyed by a hash of model, dialogue, sampling options and place).
 done-mark is committed with or after its calls and verdicts, never before, so a sample marked
 done is complete. `durability="sync"` commits each write before it returns instead.
 
-SQLite by default; any SQLAlchemy URL (e.g. PostgreSQL) lets several workers share one run.
+SQLite by default; any SQLAlchemy URL (e.g. PostgreSQL) also works. One process at a time
+runs a run: it holds the run's lease (`run.lease`), and a second resume stops with a clear
+error. Writes are idempotent all the same: a call or a verdict that another process stored
+first is skipped or replaced, never a crash.
 API keys never reach this module: `create_run` drops config keys that look like secrets.
 """
 
@@ -25,7 +28,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote  # json.dumps's, with ensure_ascii=False
 from pathlib import Path
@@ -54,6 +57,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from safeturn.errors import StoreError
 from safeturn.redact import redact_url_credentials, scrub_secrets
+from safeturn.run.lease import Holder, RunBusyError
 from safeturn.schema import (
     Dialogue,
     GenerateParams,
@@ -138,6 +142,18 @@ class VerdictRow(_Base):
     score: Mapped[float | None] = mapped_column(Float)
     rationale: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LeaseRow(_Base):
+    """The process running a run now, if any (see `safeturn.run.lease`)."""
+
+    __tablename__ = "run_leases"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    heartbeat: Mapped[float] = mapped_column(Float)
+    """`time.time()` of the holder's last renewal."""
 
 
 Durability = Literal["group", "sync"]
@@ -350,11 +366,21 @@ class RunStore:
             _OPEN_STORES.discard(self)
 
     # runs -----------------------------------------------------------------------------------
-    def create_run(self, config: dict[str, Any], *, kind: str = "eval") -> str:
-        """Create a run and return its id."""
+    def create_run(
+        self, config: dict[str, Any], *, kind: str = "eval", samples: Sequence[Sample] = ()
+    ) -> str:
+        """Create a run, with its samples in the same transaction, and return its id.
+
+        A run never exists without the samples it was started with: if they cannot be stored,
+        neither is the run.
+        """
         run_id = uuid.uuid4().hex[:12]
+        rows = _sample_rows(run_id, samples)
         with self._session() as session:
             session.add(RunRow(id=run_id, kind=kind, config=scrub_secrets(config)))
+            session.flush()  # the run row before its samples (foreign keys)
+            if rows:
+                session.execute(insert(SampleRow), rows)
         return run_id
 
     def get_run(self, run_id: str) -> RunRow:
@@ -381,19 +407,64 @@ class RunStore:
             row.status = status
             row.finished_at = _now()
 
+    # leases ---------------------------------------------------------------------------------
+    def claim_lease(self, run_id: str, holder: Holder, *, busy: Callable[[Holder], bool]) -> None:
+        """Take the run's lease for `holder`, or raise `RunBusyError` if `busy(current holder)`.
+
+        A free or stale lease is taken by compare-and-swap on the old holder's token, so of two
+        processes claiming at once exactly one wins.
+        """
+        self.get_run(run_id)
+        for _ in range(5):
+            with self._engine.begin() as connection:
+                current = connection.execute(
+                    select(LeaseRow.token, LeaseRow.host, LeaseRow.pid, LeaseRow.heartbeat).where(
+                        LeaseRow.run_id == run_id
+                    )
+                ).first()
+            if current is not None and busy(Holder(*current)):
+                raise RunBusyError(
+                    f"run {run_id} is being resumed by another process (pid {current.pid} on "
+                    f"{current.host}); wait for it to finish, or stop it first"
+                )
+            values = {**holder._asdict(), "run_id": run_id}
+            try:
+                with self._engine.begin() as connection:
+                    if current is None:
+                        connection.execute(insert(LeaseRow).values(values))
+                        return
+                    taken = connection.execute(
+                        update(LeaseRow)
+                        .where(LeaseRow.run_id == run_id, LeaseRow.token == current.token)
+                        .values(values)
+                    )
+                    if taken.rowcount == 1:
+                        return
+            except IntegrityError:
+                pass  # another process inserted first: look again
+        raise RunBusyError(f"run {run_id}: could not take its lease; another process keeps it")
+
+    def renew_lease(self, run_id: str, token: str) -> bool:
+        """Refresh the heartbeat of a lease; False when `token` no longer holds it."""
+        with self._engine.begin() as connection:
+            renewed = connection.execute(
+                update(LeaseRow)
+                .where(LeaseRow.run_id == run_id, LeaseRow.token == token)
+                .values(heartbeat=time.time())
+            )
+        return bool(renewed.rowcount == 1)
+
+    def release_lease(self, run_id: str, token: str) -> None:
+        """Give the lease back (a no-op when `token` no longer holds it)."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                delete(LeaseRow).where(LeaseRow.run_id == run_id, LeaseRow.token == token)
+            )
+
     # samples --------------------------------------------------------------------------------
     def add_samples(self, run_id: str, samples: Sequence[Sample]) -> None:
         """Store the run's samples (once; a resumed run keeps the stored copies)."""
-        rows = [
-            {
-                "run_id": run_id,
-                "sample_id": sample.id,
-                "position": position,
-                "payload": sample.model_dump(mode="json", exclude_none=True),
-                "status": "pending",
-            }
-            for position, sample in enumerate(samples)
-        ]
+        rows = _sample_rows(run_id, samples)
         with self._session() as session:
             if rows:
                 session.execute(insert(SampleRow), rows)  # one executemany, not N ORM objects
@@ -615,21 +686,31 @@ class RunStore:
     def _commit_each(self, group: list[_Write]) -> None:
         """One transaction per write, in queue order; the first real failure stops the rest.
 
-        A call that another worker stored first (same run and hash) is skipped, as in sync mode.
+        A call that another worker stored first (same run and hash) is skipped, as in sync
+        mode; a verdict another worker stored first is replaced, as a repeat in this process
+        would be: the last verdict on a turn wins.
         """
         for write in group:
             try:
                 with self._engine.begin() as connection:
                     _execute_group(connection, [write])
             except IntegrityError as exc:
-                try:
-                    duplicate = write.kind == "call" and self._call_stored(*write.key())
-                except Exception as lookup:  # the database went away mid-check
-                    raise _write_error(self._shown_url, write, lookup) from exc
-                if not duplicate:
-                    raise _write_error(self._shown_url, write, exc) from exc
+                self._settle_conflict(write, exc)
             except Exception as exc:
                 raise _write_error(self._shown_url, write, exc) from exc
+
+    def _settle_conflict(self, write: _Write, exc: IntegrityError) -> None:
+        """A write that hit a stored row with its key: skip a call, replace a verdict."""
+        try:
+            if write.kind == "call" and self._call_stored(*write.key()):
+                return
+            if write.kind == "verdict" and not write.replace:
+                with self._engine.begin() as connection:
+                    _execute_group(connection, [write._replace(replace=True)])
+                return
+        except Exception as retry:  # the database went away mid-check
+            raise _write_error(self._shown_url, write, retry) from exc
+        raise _write_error(self._shown_url, write, exc) from exc
 
     def _call_stored(self, run_id: str, key: str) -> bool:
         """Whether a call with this hash is in the database (a duplicate, not a failure)."""
@@ -686,6 +767,19 @@ class RunStore:
                 query = select(SampleRow.sample_id).where(SampleRow.run_id == run_id)
                 self._sample_ids[run_id] = set(session.scalars(query))
         return self._sample_ids[run_id]
+
+
+def _sample_rows(run_id: str, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run_id,
+            "sample_id": sample.id,
+            "position": position,
+            "payload": sample.model_dump(mode="json", exclude_none=True),
+            "status": "pending",
+        }
+        for position, sample in enumerate(samples)
+    ]
 
 
 def _write_error(url: str, write: _Write, exc: Exception) -> StoreError:

@@ -12,7 +12,8 @@ uses the sample's reference answer for the helpful part. A writer ChatModel writ
 prompt instead, with every call recorded in the run database like the rest of `synth`.
 
 Earlier assistant turns are dropped from the training dialogue: every assistant turn carries
-loss, and turns written by an attack builder (fake compliance, say) must not be learned.
+loss, and turns written by an attack builder (fake compliance, say) must not be learned. The user
+turns left are merged into one message, so the template never sees two user turns in a row.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from safeturn.judges import detect_refusal
 from safeturn.models.base import ChatModel
 from safeturn.run.calls import cached_generate
 from safeturn.run.store import RunStore
-from safeturn.schema import Dialogue, GenerateParams, Message, Sample
+from safeturn.schema import Dialogue, GenerateParams, Message, Sample, TextPart
 from safeturn.synth.mrd import request_context
 from safeturn.synth.prompts import SOURCE_PHRASES, writer_system
 from safeturn.synth.risks import Risk, RiskRecord, RiskSource
@@ -169,9 +170,31 @@ class RiskSFTStats(BaseModel):
 
 
 def training_dialogue(sample: Sample, reply: str) -> Dialogue:
-    """The system and user messages of `sample`, then the reply as the one assistant turn."""
+    """The system and user messages of `sample`, then the reply as the one assistant turn.
+
+    With the earlier assistant turns dropped, a multi-turn sample's user turns would follow
+    one another; chat templates either reject that (strict alternation) or render a
+    conversation no model ever sees. They are merged into one user message instead.
+    """
     kept = [m for m in sample.dialogue.messages if m.role != "assistant"]
-    return Dialogue(messages=[*kept, Message.assistant(reply)])
+    return Dialogue(messages=[*merge_user_runs(kept), Message.assistant(reply)])
+
+
+def merge_user_runs(messages: Sequence[Message]) -> list[Message]:
+    """Consecutive user messages as one, parts in order; texts that meet join by a blank line."""
+    out: list[Message] = []
+    for message in messages:
+        if not (out and message.role == "user" and out[-1].role == "user"):
+            out.append(message)
+            continue
+        parts = list(out[-1].parts)
+        for part in message.parts:
+            if parts and isinstance(part, TextPart) and isinstance(parts[-1], TextPart):
+                parts[-1] = TextPart(text=f"{parts[-1].text}\n\n{part.text}")
+            else:
+                parts.append(part)
+        out[-1] = Message(role="user", parts=parts)
+    return out
 
 
 def writer_request(sample: Sample, kept: Sequence[Risk], mode: ReplyMode) -> Dialogue:
@@ -298,6 +321,8 @@ class RiskSFTBuilder:
             "risk_teacher": record.teacher,
             "risks": [risk.model_dump(mode="json") for risk in kept],
         }
+        if sample.dialogue.n_turns > 1:  # merged into one user message by `training_dialogue`
+            metadata["source_turns"] = sample.dialogue.n_turns
         return Sample(
             id=sample.id,
             source=sample.source,

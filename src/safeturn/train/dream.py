@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from safeturn.judges.risk_score import RiskScorer
 from safeturn.redact import scrub_secrets
+from safeturn.schema import read_jsonl
 from safeturn.train.rlaif import (
     RlaifConfig,
     RlaifError,
@@ -154,6 +155,29 @@ def sft_fingerprint(config: SafeSFTConfig) -> dict[str, Any]:
     return settings
 
 
+def check_turn_order(path: Path) -> None:
+    """Refuse SFT data where one speaker has two messages in a row.
+
+    Files written by `synth risk-sft` before it merged a multi-turn sample's user turns hold
+    `user, user, …, assistant`; ChatML renders that without complaint, so the model would
+    learn on a conversation shape it never meets, and stricter templates fail mid-run.
+
+    Raises:
+        RlaifError: The first such sample, with its id and message positions.
+    """
+    if not path.is_file():
+        return  # `train_sft` reports the missing file
+    for sample in read_jsonl(path):
+        roles = [m.role for m in sample.dialogue.messages]
+        for k in range(1, len(roles)):
+            if roles[k] == roles[k - 1] != "system":
+                raise RlaifError(
+                    f"{path}: sample {sample.id!r}: messages {k - 1} and {k} are both "
+                    f"{roles[k]} turns; risk-aware SFT data must alternate (rebuild it with "
+                    "`safeturn synth risk-sft`, which merges a sample's user turns)"
+                )
+
+
 def _read_record(path: Path) -> _SftRecord | None:
     if not path.is_file():
         return None
@@ -178,8 +202,9 @@ def train_dream(
         progress: Called with a short status line as each phase starts.
 
     Raises:
-        RlaifError: Bad RLAIF data or settings, a round without preference pairs, or an
-            output folder holding a run with other settings.
+        RlaifError: Bad RLAIF data or settings, a round without preference pairs, an
+            output folder holding a run with other settings, or SFT data with two user (or
+            assistant) messages in a row.
         SFTConfigError: The model is neither `embedded` nor a local checkpoint directory.
         SFTDataError: The SFT data is empty or holds a sample that cannot be masked.
     """
@@ -205,6 +230,7 @@ def train_dream(
                 )
             sft, reused = stored.result, True
         else:
+            check_turn_order(sft_config.data)
             say("risk-aware SFT")
             sft = train_sft(sft_config)
             record.parent.mkdir(parents=True, exist_ok=True)

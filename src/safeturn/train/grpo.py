@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from safeturn.errors import ImageError, SchemaError
+from safeturn.judges.turn_scores import TurnScores
 from safeturn.schema import Dialogue, Sample, read_jsonl
 from safeturn.train.config import (
     EMBEDDED,
@@ -43,6 +44,8 @@ from safeturn.train.config import (
 )
 from safeturn.train.data import SFTDataError
 from safeturn.train.rewards import (
+    DEFAULT_BETA,
+    MISSING_TURN,
     GroupReward,
     TurnAwareReward,
     TurnAwareRewardConfig,
@@ -51,6 +54,7 @@ from safeturn.train.rewards import (
 from safeturn.train.rollouts import (
     MultiTurnRollout,
     RolloutError,
+    RolloutRecord,
     RolloutSettings,
     answer_points,
     prompt_messages,
@@ -66,12 +70,17 @@ logger = logging.getLogger(__name__)
 TURN_LOG = "turn_rewards.jsonl"
 
 
+LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
+"""TRL 1.16's `GRPOConfig.loss_type` values."""
+
+
 class RewardSettings(BaseModel):
     """λ, τ, β of the turn-aware reward (`TurnAwareRewardConfig`)."""
 
     lam: float = Field(default=1.0, ge=0)
     tau: float = Field(default=0.5, ge=0, le=1)
-    beta: float = Field(default=1.0, ge=0)
+    beta: float = Field(default=DEFAULT_BETA, ge=0)
+    """Below 1 so that refusing a harmful turn beats complying (see `train/rewards.py`)."""
 
     def to_config(self) -> TurnAwareRewardConfig:
         """The reward's own dataclass."""
@@ -101,12 +110,32 @@ class SafeGRPOConfig(TrainConfig):
     max_steps: int = -1
     epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=1e-6, gt=0)
+    # The policy loss and KL settings, all forwarded to TRL by name (`trl_loss_settings`) so
+    # that no TRL default decides them silently; docs/training.md says why each value.
+    loss_type: LossType = "dapo"
+    """TRL's `loss_type`: `dapo` sums token losses over the batch's active tokens (no length
+    bias); `grpo` averages per sequence, which favours short rollouts with positive advantage."""
     kl_beta: float = Field(default=0.0, ge=0)
     """TRL's `beta`: weight of the KL penalty to the reference policy (0: no reference model)."""
-    loss_type: str | None = None
-    """TRL's loss (`grpo`, `dapo`, `dr_grpo`, ...); None keeps TRL's default."""
+    kl_bias_correction: bool = True
+    """TRL's `use_bias_correction_kl`: KL term times the importance ratio (with kl_beta > 0)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """TRL's `scale_rewards`: advantages divided by each group's reward std (GRPO's own)."""
+    epsilon: float = Field(default=0.2, gt=0)
+    """TRL's `epsilon`: lower clip range of the importance ratio."""
+    epsilon_high: float | None = Field(default=None, gt=0)
+    """TRL's `epsilon_high`: upper clip range; None means the same as `epsilon` (sent as such)."""
+    num_iterations: int = Field(default=1, ge=1)
+    """TRL's `num_iterations` (μ): optimizer passes over each batch of rollouts."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """TRL's `importance_sampling_level`."""
+    mask_truncated_completions: bool = False
+    """TRL's `mask_truncated_completions`. Off: a rollout whose last reply hit
+    `max_turn_tokens` (a long harmful answer, say) must still be pushed down by the loss."""
     max_turn_tokens: int = Field(default=128, ge=1)
     max_length: int = Field(default=2048, ge=16)
+    """Tokens per rollout; each dialogue must fit with every reply at max_turn_tokens (checked
+    when the trainer is built, naming the dialogue)."""
     temperature: float = Field(default=1.0, gt=0)
     """Greedy rollouts would be identical within a group: zero advantage, nothing learned."""
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -140,15 +169,33 @@ class SafeGRPOConfig(TrainConfig):
             )
         if self.max_turn_tokens >= self.max_length:
             raise ValueError("max_turn_tokens must be smaller than max_length")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(
+                f"epsilon_high={self.epsilon_high} must be >= epsilon={self.epsilon} "
+                "(or None for the same value)"
+            )
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            raise ValueError("loss_type 'luspo' needs importance_sampling_level: sequence")
         return self
+
+    def trl_loss_settings(self) -> dict[str, Any]:
+        """The `GRPOConfig` fields of the policy loss and KL term, as this config states them."""
+        return {
+            "loss_type": self.loss_type,
+            "beta": self.kl_beta,
+            "use_bias_correction_kl": self.kl_bias_correction,
+            "scale_rewards": self.scale_rewards,
+            "epsilon": self.epsilon,
+            "epsilon_high": self.epsilon if self.epsilon_high is None else self.epsilon_high,
+            "num_iterations": self.num_iterations,
+            "importance_sampling_level": self.importance_sampling_level,
+            "mask_truncated_completions": self.mask_truncated_completions,
+        }
 
     def to_trl(self) -> GRPOConfig:
         """TRL's `GRPOConfig` for rollouts supplied by `MultiTurnRollout`."""
         from trl.trainer.grpo_config import GRPOConfig
 
-        extra: dict[str, Any] = {}
-        if self.loss_type is not None:
-            extra["loss_type"] = self.loss_type
         args = trainer_args(
             output_dir=self.output_dir,
             max_steps=self.max_steps,
@@ -169,13 +216,12 @@ class SafeGRPOConfig(TrainConfig):
             max_completion_length=self.max_turn_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            beta=self.kl_beta,
             use_vllm=self.use_vllm,
             vllm_mode=self.vllm_mode,
             # Rollouts return no sampling logprobs (turns are re-tokenized in the chat layout),
             # so TRL's vLLM importance-sampling correction has nothing to compare against.
             vllm_importance_sampling_correction=False,
-            **extra,
+            **self.trl_loss_settings(),
         )
 
     def rollout_settings(self) -> RolloutSettings:
@@ -359,6 +405,22 @@ def load_grpo_samples(config: SafeGRPOConfig, *, vlm: bool) -> list[Sample]:
     return samples
 
 
+def score_rollout(
+    scorer: TurnScorer, record: RolloutRecord
+) -> list[TurnScores | tuple[float, float]] | None:
+    """The judge's scores of a rollout, padded to every planned turn with `MISSING_TURN`.
+
+    A rollout that ran out of `max_length` lacks its last turns (usually the harmful one);
+    scoring them as failures keeps it below every rollout that answered them, and gives the
+    group all T turns even when every rollout in it stopped early. None: the judge failed.
+    """
+    scores = scorer(record)
+    if scores is None:
+        return None
+    missing = record.planned_turns - len(scores)
+    return [*scores, *[MISSING_TURN] * missing]
+
+
 def _dataset(samples: Sequence[Sample], *, vlm: bool) -> Any:
     from datasets import Dataset
 
@@ -397,7 +459,7 @@ def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = No
     rollout = MultiTurnRollout({s.id: s for s in samples}, processing, config.rollout_settings())
 
     def score(prompt: Any, completion: Any, rollout_key: str, **_: Any) -> Any:
-        return scorer(rollout.records[rollout_key])
+        return score_rollout(scorer, rollout.records[rollout_key])
 
     reward = make_turn_aware_reward(
         score,
@@ -489,6 +551,7 @@ __all__ = [
     "SafeGRPOConfig",
     "TrainConfigError",
     "build_grpo_trainer",
+    "score_rollout",
     "train_grpo",
     "turn_metrics",
 ]

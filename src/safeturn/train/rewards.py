@@ -10,13 +10,20 @@ and turn t a helpfulness r_help(i,t) and a harmlessness r_safe(i,t) in [0, 1]. T
 so the turns where the group disagrees, or is unsafe on average, carry the reward.
 
 Rollouts that ended early. Turn t of every rollout answers the same user message (user turns
-come from the dataset), so a group is aligned on its first turns and a `mask` marks the turns a
-rollout has. A missing turn is left out of μ_t and Var_t (they are statistics of the rollouts
-that reached the turn), a turn no rollout reached gets α_t = 0, and each rollout's sum uses α
-renormalised over its own turns: r_i = Σ_{t∈P_i} α_t x_it / Σ_{t∈P_i} α_t. A rollout's reward
-thus stays a weighted mean of its own turn scores on the same scale as a full rollout's, and it
-is neither rewarded nor punished for stopping; with every turn present this is the formula
-above exactly. Values under a False mask entry are ignored (NaN padding is fine).
+come from the dataset), so a group is aligned turn by turn and a `mask` marks the turns a
+rollout has. A missing turn is a failed turn: it is scored help 0 and safe 0, in μ_t and Var_t
+and in the sum, with the group's α. Stopping early therefore never pays: a rollout that stops
+scores at most what it would by finishing (every finished turn adds α_t·x ≥ 0), and strictly
+less than finishing with any refusal (safe > 0). Values under a False mask entry are ignored
+(NaN padding is fine). The group size stays N, as GRPO's advantages expect.
+
+Defaults. β = 0.25, λ = 1, τ = 0.5 (`DEFAULT_BETA`; the paper's formula leaves them free). A turn
+scores β·help + safe, so on one turn a refusal (h_r, s_r) beats a compliance (h_c, s_c) exactly
+when s_r − s_c > β·(h_c − h_r). With β = 1 a bare refusal (0, 1) and full compliance (1, 0)
+tie at 1; with β = 0.25 the refusal wins whenever the judge puts it more than 0.25 higher on
+harmlessness, whatever the helpfulness scores, while helping on a harmless turn still beats
+refusing it by β·help. Two rollouts of a group share α, so the turn-level order is the
+rollouts' order; λ and τ only move weight between turns.
 
 `make_turn_aware_reward` wraps this as a TRL reward function. Pure numpy: nothing here needs
 TRL or torch.
@@ -25,6 +32,7 @@ TRL or torch.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -38,13 +46,20 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+DEFAULT_BETA = 0.25
+"""β < 0.5: a refusal judged ≥ 0.5 more harmless than a compliance always wins (see above)."""
+
+MISSING_TURN = (0.0, 0.0)
+"""(help, safe) of a turn a rollout never reached: a failure, so that stopping early never pays."""
+
+
 class RewardInputError(SafeturnError, ValueError):
     """Scores or a mask given to a reward have the wrong shape, a NaN, or a value outside [0, 1]."""
 
 
 @dataclass(frozen=True)
 class TurnAwareRewardConfig:
-    """The λ, τ and β of the turn-aware reward; defaults are ours, not the paper's."""
+    """The λ, τ and β of the turn-aware reward; defaults are ours (the paper leaves them free)."""
 
     lam: float = field(
         default=1.0,
@@ -55,8 +70,11 @@ class TurnAwareRewardConfig:
         metadata={"help": "τ in [0, 1]: mean harmlessness below which a turn gets extra weight."},
     )
     beta: float = field(
-        default=1.0,
-        metadata={"help": "β ≥ 0: weight of helpfulness against harmlessness in each turn."},
+        default=DEFAULT_BETA,
+        metadata={
+            "help": "β ≥ 0: weight of helpfulness against harmlessness in each turn; below 1, "
+            "or a fully helpful compliance (help 1, safe 0) scores as much as a refusal (0, 1)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -73,6 +91,14 @@ class TurnAwareRewardConfig:
             raise ValueError(f"tau must be in [0, 1] like the harmlessness scores; got {self.tau}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0 (0 ignores helpfulness); got {self.beta}")
+        if self.beta >= 1:
+            warnings.warn(
+                f"reward beta={self.beta} >= 1: full compliance with a harmful turn (help 1, "
+                f"safe 0) scores {self.beta:g}, at least a bare refusal's 1 (help 0, safe 1); "
+                f"GRPO gets no push towards refusal (default {DEFAULT_BETA})",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 class GroupReward(NamedTuple):
@@ -81,15 +107,15 @@ class GroupReward(NamedTuple):
     rewards: FloatArray
     """r_i, shape (N,)."""
     mean: FloatArray
-    """μ_t, mean harmlessness of the rollouts that reached turn t, shape (T,)."""
+    """μ_t, mean harmlessness over the group (a missing turn counts as 0), shape (T,)."""
     var: FloatArray
     """Var_t, population variance of the same, shape (T,)."""
     urgency: FloatArray
-    """U_t = Var_t + λ·max(0, τ − μ_t), shape (T,); −inf for a turn no rollout reached."""
+    """U_t = Var_t + λ·max(0, τ − μ_t), shape (T,)."""
     alpha: FloatArray
     """α_t = softmax_t(U_t), shape (T,), sums to 1."""
     help_mean: FloatArray | None = None
-    """Mean helpfulness of the rollouts that reached turn t, shape (T,) (0 where none did)."""
+    """Mean helpfulness over the group (a missing turn counts as 0), shape (T,)."""
 
 
 def _check_scores(
@@ -134,7 +160,7 @@ def _check_scores(
 
 
 def _softmax(urgency: FloatArray) -> FloatArray:
-    """Softmax that cannot overflow (max subtracted) and gives −inf entries exactly 0."""
+    """Softmax that cannot overflow (max subtracted)."""
     shifted = np.exp(urgency - urgency.max())
     return np.asarray(shifted / shifted.sum(), dtype=np.float64)
 
@@ -151,7 +177,8 @@ def turn_aware_rewards(
         help_scores: r_help, shape (N rollouts, T turns), values in [0, 1].
         safe_scores: r_safe, same shape.
         config: λ, τ, β; the defaults when omitted.
-        mask: Boolean (N, T), True where the rollout has the turn; all True when omitted.
+        mask: Boolean (N, T), True where the rollout has the turn; all True when omitted. A
+            missing turn is scored as a failure, `MISSING_TURN` (help 0, safe 0).
 
     Returns:
         The rewards and the per-turn μ, Var, U, α.
@@ -161,25 +188,22 @@ def turn_aware_rewards(
             or a rollout has no turn.
     """
     config = config or TurnAwareRewardConfig()
-    helpful, safe, present = _check_scores(help_scores, safe_scores, mask)
-    counts = present.sum(axis=0)
-    reached = counts > 0
-    safe_in = np.where(present, safe, 0.0)
-    mean = np.divide(safe_in.sum(axis=0), counts, out=np.zeros(counts.shape), where=reached)
-    deviation = np.where(present, safe - mean, 0.0)
-    var = np.divide((deviation**2).sum(axis=0), counts, out=np.zeros(counts.shape), where=reached)
+    helpful, safe = _scored(help_scores, safe_scores, mask)
+    mean = safe.mean(axis=0)
+    var = ((safe - mean) ** 2).mean(axis=0)
     urgency = var + config.lam * np.maximum(0.0, config.tau - mean)
-    urgency = np.where(reached, urgency, -np.inf)
     alpha = _softmax(urgency)
-    per_turn = np.where(present, config.beta * helpful + safe, 0.0)
-    weights = np.where(present, alpha, 0.0)
-    totals = weights.sum(axis=1)
-    # A rollout whose turns all have α underflowing to 0 falls back to equal weights.
-    weights = np.where(totals[:, None] > 0, weights, present.astype(np.float64))
-    rewards = (weights * per_turn).sum(axis=1) / weights.sum(axis=1)
-    help_in = np.where(present, helpful, 0.0)
-    help_mean = np.divide(help_in.sum(axis=0), counts, out=np.zeros(counts.shape), where=reached)
-    return GroupReward(rewards, mean, var, urgency, alpha, help_mean)
+    rewards = (config.beta * helpful + safe) @ alpha
+    return GroupReward(rewards, mean, var, urgency, alpha, helpful.mean(axis=0))
+
+
+def _scored(
+    help_scores: npt.ArrayLike, safe_scores: npt.ArrayLike, mask: npt.ArrayLike | None
+) -> tuple[FloatArray, FloatArray]:
+    """Checked (N, T) scores with every missing turn set to `MISSING_TURN` (a failure)."""
+    helpful, safe, present = _check_scores(help_scores, safe_scores, mask)
+    missing_help, missing_safe = MISSING_TURN
+    return np.where(present, helpful, missing_help), np.where(present, safe, missing_safe)
 
 
 def per_completion_rewards(
@@ -188,13 +212,13 @@ def per_completion_rewards(
     config: TurnAwareRewardConfig | None = None,
     mask: npt.ArrayLike | None = None,
 ) -> FloatArray:
-    """The baseline: β·r_help + r_safe of each rollout's last turn, blind to the rest.
+    """The baseline: β·r_help + r_safe of the dialogue's last turn, blind to the rest.
 
     Args:
         help_scores: r_help, shape (N, T).
         safe_scores: r_safe, same shape.
         config: Only β is used.
-        mask: As in `turn_aware_rewards`; the last True turn of each row is its final turn.
+        mask: As in `turn_aware_rewards`: a rollout that never reached the last turn scores 0.
 
     Returns:
         Rewards, shape (N,).
@@ -203,10 +227,8 @@ def per_completion_rewards(
         RewardInputError: As `turn_aware_rewards`.
     """
     config = config or TurnAwareRewardConfig()
-    helpful, safe, present = _check_scores(help_scores, safe_scores, mask)
-    last = present.shape[1] - 1 - np.argmax(present[:, ::-1], axis=1)
-    rows = np.arange(present.shape[0])
-    return np.asarray(config.beta * helpful[rows, last] + safe[rows, last], dtype=np.float64)
+    helpful, safe = _scored(help_scores, safe_scores, mask)
+    return np.asarray(config.beta * helpful[:, -1] + safe[:, -1], dtype=np.float64)
 
 
 class ScoredTurn(Protocol):
@@ -361,8 +383,10 @@ def make_turn_aware_reward(
 
     Args:
         score_fn: `(prompt, completion, **row) -> [(help, safe), ...]`, one pair (or a judge's
-            `TurnScores`) per assistant turn in order; a shorter list marks a rollout that
-            ended early (masked as described in the module docstring). Must be synchronous.
+            `TurnScores`) per assistant turn in order; a list shorter than the group's longest
+            marks a rollout that ended early, its missing turns scored as failures (module
+            docstring). To score turns no rollout of the group reached, pad with
+            `MISSING_TURN` up to the dialogue's turn count. Must be synchronous.
         config: λ, τ, β.
         num_generations: TRL's `num_generations`, when known.
         group_key: Maps a prompt to what identifies its group (default: the prompt itself);
@@ -374,7 +398,7 @@ def make_turn_aware_reward(
     Examples:
         >>> reward = make_turn_aware_reward(lambda p, c: [(1.0, 1.0), (0.0, c)])
         >>> [round(r, 3) for r in reward(["q", "q"], [1.0, 0.0])]
-        [1.438, 0.876]
+        [1.109, 0.547]
         >>> reward.last_groups[0].alpha.round(3).tolist()
         [0.438, 0.562]
     """

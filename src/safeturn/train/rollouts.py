@@ -12,9 +12,15 @@ dialogue (the first message carries the sample id under `safeturn_id`); the roll
 policy's dialogue with the model's own chat template, and returns the first user turn as
 `prompt_ids`, the rest as `completion_ids`, and an `env_mask` that is 1 on assistant tokens
 only (user turns, template headers and image tokens carry no loss; see `masks.build_example`).
-A rollout whose context outgrows `max_length` ends early: the turns it wrote are kept, and the
-turn-aware reward masks the turns it lacks. The scored view of each rollout is kept in
-`records` under the key returned in the `rollout_key` column, for the reward function.
+The scored view of each rollout is kept in `records` under the key returned in the
+`rollout_key` column, for the reward function.
+
+Length. Every dialogue must fit `max_length` with every reply at `max_turn_tokens`; one that
+does not is an error naming it when the rollout is built, before any training. So a rollout
+cannot run out of room before its last (usually harmful) turn, which would otherwise be a way
+to dodge it: replies count against `max_length` by the tokens they were sampled as. Should a
+rollout still run out (settings changed after the check), it ends early, keeps the turns it
+wrote, and the reward scores the turns it lacks as failures.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class RolloutSettings:
     max_turn_tokens: int = 64
     """New tokens per assistant turn."""
     max_length: int = 1024
-    """Tokens of a whole rollout; a turn that would overflow it is not started."""
+    """Tokens of a whole rollout: every dialogue must fit with all replies at max_turn_tokens."""
     temperature: float = 1.0
     top_p: float = 1.0
 
@@ -206,6 +212,8 @@ class MultiTurnRollout:
         self.end_tokens: list[str] | None = None
         """End-of-turn tokens for the loss spans; set from the model's eos ids on first use."""
         self._keys: Iterator[int] = itertools.count()
+        self._base_lengths: dict[tuple[str, int], int] = {}
+        """Tokens of each (sample, turn) context with empty replies, as `_used` needs them."""
         for sample in self.samples.values():
             self._check(sample)
 
@@ -220,16 +228,58 @@ class MultiTurnRollout:
             )
         if self.settings.history == "reference":
             _reference_context(sample.dialogue, points[-1], label)
-        first = _policy_context(sample.dialogue, [], points[0])
-        length = len(
-            self.encoder.encode(first, len(first.messages), generation_prompt=True)["input_ids"]
-        )
-        budget = self.settings.max_length - self.settings.max_turn_tokens
-        if length > budget:
+        needed = self.worst_case_length(sample)
+        if needed > self.settings.max_length:
+            turns = f"{len(points)} turn{'s' if len(points) > 1 else ''}"
             raise RolloutError(
-                f"{label}: its first turn takes {length} tokens, more than max_length - "
-                f"max_turn_tokens = {budget}; raise max_length or shorten the dialogue"
+                f"{label}: its {turns} need {needed} tokens with every reply at "
+                f"max_turn_tokens={self.settings.max_turn_tokens}, more than "
+                f"max_length={self.settings.max_length}; a rollout would stop before its last "
+                "turn. Raise max_length, lower max_turn_tokens or max_turns, or drop the dialogue"
             )
+
+    def worst_case_length(self, sample: Sample) -> int:
+        """Tokens a rollout of `sample` can reach: its last context plus every reply in full.
+
+        The last turn's context with empty replies (template and user turns, images included),
+        plus `max_turn_tokens` for each of the T replies; with `history="reference"` also the
+        last reference context plus one reply, the length `roll` checks before that turn.
+        """
+        dialogue = sample.dialogue
+        points = answer_points(dialogue)
+        turns = len(points)
+        budget = self.settings.max_turn_tokens
+        needed = self._base_length(sample, turns - 1) + turns * budget
+        if self.settings.history == "reference":
+            context = _reference_context(dialogue, points[-1], f"sample {sample.id!r}")
+            needed = max(needed, self._length(context) + budget)
+        return needed
+
+    def _length(self, context: Dialogue) -> int:
+        """Tokens of `context` with the generation prompt, as the policy is given it."""
+        encoded = self.encoder.encode(context, len(context.messages), generation_prompt=True)
+        return len(encoded["input_ids"])
+
+    def _base_length(self, sample: Sample, turn: int) -> int:
+        """Tokens of turn `turn`'s context with every earlier reply empty (cached)."""
+        key = (sample.id, turn)
+        if key not in self._base_lengths:
+            point = answer_points(sample.dialogue)[turn]
+            empty = _policy_context(sample.dialogue, [""] * turn, point)
+            self._base_lengths[key] = self._length(empty)
+        return self._base_lengths[key]
+
+    def _used(self, record: RolloutRecord, turn: int, encoded: Mapping[str, Any]) -> int:
+        """Tokens counted against `max_length` before turn `turn` is sampled.
+
+        On its own history: the turn's context with empty replies plus the tokens each earlier
+        reply was sampled as, the sum `worst_case_length` bounds, so a dialogue that passed the
+        check never ends early however its replies re-tokenize (the trained sequence may then
+        exceed max_length by those few tokens). On reference history: the context as encoded.
+        """
+        if self.settings.history == "reference":
+            return len(encoded["input_ids"])
+        return self._base_length(record.sample, turn) + sum(len(ids) for ids in record.sampled)
 
     # --- TRL entry point -------------------------------------------------------------------
 
@@ -304,11 +354,9 @@ class MultiTurnRollout:
                 encoded = self.encoder.encode(
                     context, len(context.messages), generation_prompt=True
                 )
-                if (
-                    len(encoded["input_ids"]) + self.settings.max_turn_tokens
-                    > self.settings.max_length
-                ):
-                    continue  # the rollout ends here; the reward masks its missing turns
+                used = self._used(record, turn, encoded)
+                if used + self.settings.max_turn_tokens > self.settings.max_length:
+                    continue  # ends early (see the module docstring): missing turns score 0
                 if vllm is not None and context.images:
                     encoded["images"] = [
                         image.load(label=f"sample {record.sample.id!r} image {j}")
