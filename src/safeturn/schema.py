@@ -16,7 +16,7 @@ import binascii
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -235,8 +235,17 @@ class Dialogue(BaseModel):
         """A new dialogue with `message` appended (dialogues are treated as values)."""
         return Dialogue(messages=[*self.messages, message])
 
-    def to_openai(self, *, label: str = "dialogue") -> list[dict[str, Any]]:
-        """OpenAI chat messages; images become `image_url` parts with data URLs."""
+    def to_openai(
+        self,
+        *,
+        label: str = "dialogue",
+        image_url: Callable[[ImagePart, int, int], str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """OpenAI chat messages; images become `image_url` parts with data URLs.
+
+        `image_url(part, message_index, part_index)` replaces the plain data-URL encoding (a
+        backend that checks each image before it is sent passes its own).
+        """
         out: list[dict[str, Any]] = []
         for i, message in enumerate(self.messages):
             if all(isinstance(p, TextPart) for p in message.parts):
@@ -247,7 +256,11 @@ class Dialogue(BaseModel):
                 if isinstance(part, TextPart):
                     content.append({"type": "text", "text": part.text})
                 else:
-                    url = part.to_data_url(label=f"{label} message {i} image {j}")
+                    url = (
+                        image_url(part, i, j)
+                        if image_url is not None
+                        else part.to_data_url(label=f"{label} message {i} image {j}")
+                    )
                     content.append({"type": "image_url", "image_url": {"url": url}})
             out.append({"role": message.role, "content": content})
         return out

@@ -14,15 +14,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from safeturn.errors import BackendError, ModelSpecError
 from safeturn.models import load_model
 from safeturn.models.openai_compat import OpenAICompatModel
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message
+from tests.models.conftest import KEY_ENV, start_chat_server
 
-KEY_ENV = "SAFETURN_TEST_OPENAI_KEY"
 SECRET = "sk-test-very-secret-0123456789"
 
 
@@ -95,32 +94,9 @@ def _completion(request_body: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeServer]:
     state = FakeServer()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", state.handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    state.base_url = str(server.make_url("/v1"))
+    server, state.base_url = await start_chat_server(state.handle)
     yield state
     await server.close()
-
-
-@pytest.fixture
-async def make_model(
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Callable[..., OpenAICompatModel]]:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    made: list[OpenAICompatModel] = []
-
-    def build(base_url: str, **options: Any) -> OpenAICompatModel:
-        options = {"max_retries": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05,
-                   "api_key_env": KEY_ENV, **options}  # fmt: skip
-        model = OpenAICompatModel(base_url=base_url, model="fake-vlm", **options)
-        made.append(model)
-        return model
-
-    yield build
-    for model in made:
-        await model.aclose()
 
 
 def _ask(text: str = "hello") -> Dialogue:

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from safeturn.errors import BackendError, ImageError, ImageTooLargeError
@@ -35,8 +34,8 @@ from safeturn.run.engine import EvalSettings, execute_run, start_run
 from safeturn.run.results import load_results
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample
+from tests.models.conftest import start_chat_server
 
-KEY_ENV = "SAFETURN_TEST_OPENAI_KEY"
 CAP = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -101,33 +100,9 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     state = Server()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", state.handle)
-    test_server = TestServer(app, host="127.0.0.1", port=0)
-    await test_server.start_server()
-    state.base_url = str(test_server.make_url("/v1"))
+    server, state.base_url = await start_chat_server(state.handle)
     yield state
-    await test_server.close()
-
-
-@pytest.fixture
-async def make_model(
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Callable[..., OpenAICompatModel]]:
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    monkeypatch.delenv(MAX_REPLY_BYTES_ENV, raising=False)
-    made: list[OpenAICompatModel] = []
-
-    def build(base_url: str, **options: Any) -> OpenAICompatModel:
-        options = {"max_retries": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.02,
-                   "api_key_env": KEY_ENV, **options}  # fmt: skip
-        model = OpenAICompatModel(base_url=base_url, model="fake-vlm", **options)
-        made.append(model)
-        return model
-
-    yield build
-    for model in made:
-        await model.aclose()
+    await server.close()
 
 
 def _ask(text: str = "hello", images: list[ImagePart] | None = None) -> Dialogue:

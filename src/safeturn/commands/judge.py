@@ -86,14 +86,29 @@ def train_reply_judge_command(
         int, typer.Option(help="top encoder layers fine-tuned (6 = the whole encoder)")
     ] = 1,
     seed: Annotated[int, typer.Option(help="seeds the splits, hard cases and training")] = 0,
+    threshold_rule: Annotated[
+        str,
+        typer.Option(
+            help="max-kappa (pooled validation κ) or benign-sources (≤ 5 % of each source's "
+            "safe validation replies called unsafe); folds report both"
+        ),
+    ] = "benign-sources",
 ) -> None:
     """Train the `classifier-v2` judge and report it leave-one-source-out (~30 min, 2 cores)."""
     from safeturn.judges.cross_encoder import DEFAULT_WEIGHTS
     from safeturn.judges.judge_card import DEFAULT_CARD, fold_rows
-    from safeturn.judges.train_judge import TrainConfig, main
+    from safeturn.judges.train_judge import THRESHOLD_RULES, TrainConfig, main
 
+    if threshold_rule not in THRESHOLD_RULES:
+        err_console.print(
+            f"[red]error:[/red] --threshold-rule must be one of {', '.join(THRESHOLD_RULES)}; "
+            f"got {escape(threshold_rule)!r}"
+        )
+        raise typer.Exit(code=2)
     families = tuple(f.strip() for f in loso.split(",") if f.strip())
-    config = TrainConfig(epochs=epochs, tuned_layers=tuned_layers, seed=seed)
+    config = TrainConfig(
+        epochs=epochs, tuned_layers=tuned_layers, seed=seed, threshold_rule=threshold_rule
+    )
     target = out if out is not None else DEFAULT_WEIGHTS
     card_path = card if card is not None else DEFAULT_CARD
     try:

@@ -59,7 +59,7 @@ class ReplyJudge(BatchedScoreJudge[Pair]):
 
     @property
     def threshold(self) -> float:
-        """P(unsafe) at or above which a reply is unsafe (max κ on validation)."""
+        """P(unsafe) at or above which a reply is unsafe (`train_judge`'s threshold rule)."""
         return self.model.threshold
 
     def score_pairs(self, pairs: Sequence[Pair]) -> list[float]:

@@ -8,7 +8,10 @@ train, validation and test.
 Training: binary cross-entropy on labelled replies, each class given equal total weight and
 each (source, kind) within a class a weight ∝ √size (a big source cannot drown a small one),
 plus a pairwise logistic loss on hh-rlhf preference pairs (the less harmless reply should
-score higher). The threshold maximises Cohen's κ on the validation split.
+score higher). The threshold is the lowest that calls at most 5 % of each source's own safe
+validation replies unsafe (`benign-sources`, as the guard calibrates): a pooled κ maximum
+(`max-kappa`, kept for comparison; every fold reports both) is set by the sources with the most
+unsafe replies and called 21 % of XSTest's safe replies unsafe when XSTest was left out.
 
 Leave-one-source-out: for each family, train without it (and without anything derived from
 it, and without the HarmBench/AdvBench cases whose request it also asks) and score all of it.
@@ -83,6 +86,10 @@ class TrainConfig:
         default_factory=lambda: {"hh-rlhf": 1600, "vlguard": 800, "mtbench101": 600}
     )
     hard_per_example: float = 0.5
+    threshold_rule: str = "benign-sources"
+    """`max-kappa` (Cohen's κ on the pooled validation split) or `benign-sources` (the lowest
+    threshold that keeps every source's own safe validation replies under `false_unsafe`)."""
+    false_unsafe: float = 0.05
 
 
 @dataclass
@@ -254,6 +261,61 @@ def best_threshold(truth: npt.NDArray[np.bool_], scores: Floats) -> float:
     return best
 
 
+THRESHOLD_RULES = ("max-kappa", "benign-sources")
+THRESHOLD_RULE_NOTES = {
+    "max-kappa": "max Cohen's κ on the validation split",
+    "benign-sources": "the lowest threshold that calls at most 5 % of each source's own safe "
+    "validation replies unsafe",
+}
+MIN_SAFE_REPLIES = 20
+"""A source needs this many safe real validation replies to set a `benign-sources` bound."""
+
+
+def benign_source_threshold(
+    examples: Sequence[ReplyExample], scores: Floats, *, false_unsafe: float
+) -> float:
+    """The lowest threshold keeping every source's safe replies under `false_unsafe` flagged.
+
+    Each source's real safe validation replies give a bound; the threshold is the largest.
+    Why: a pooled κ is dominated by the sources with the most unsafe replies, so its threshold
+    can call a fifth of a new source's safe replies unsafe (as on XSTest); the guard
+    calibrates the same way, per benign source.
+    """
+    bounds = [0.0]
+    for source in sorted({ex.source for ex in examples}):
+        safe = np.array(
+            [
+                float(s)
+                for ex, s in zip(examples, scores, strict=True)
+                if ex.source == source and ex.kind == "real" and ex.unsafe is False
+            ]
+        )
+        if len(safe) < MIN_SAFE_REPLIES:
+            continue
+        allowed = math.floor(false_unsafe * len(safe))
+        ranked = np.sort(safe)[::-1]
+        # flag scores >= t: at most `allowed` of them may reach t
+        bounds.append(
+            float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else 0.0
+        )
+    return max(bounds)
+
+
+def thresholds(
+    examples: Sequence[ReplyExample],
+    truth: npt.NDArray[np.bool_],
+    scores: Floats,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """Every rule's threshold on the validation replies (the chosen one is `config`'s)."""
+    return {
+        "max-kappa": best_threshold(truth, scores),
+        "benign-sources": benign_source_threshold(
+            examples, scores, false_unsafe=config.false_unsafe
+        ),
+    }
+
+
 def _factor_loss(
     logits: Any, examples: Sequence[ReplyExample], weights: Floats, config: TrainConfig
 ) -> Any:
@@ -278,8 +340,13 @@ def _factor_loss(
     return loss
 
 
-def train_top(train: Encoded, val: Encoded, config: TrainConfig, log: Log) -> tuple[Any, float]:
-    """Fit a top on `train`, keep the epoch with the best validation loss, pick a threshold."""
+def train_top(
+    train: Encoded, val: Encoded, config: TrainConfig, log: Log
+) -> tuple[Any, dict[str, float]]:
+    """Fit a top on `train`, keep the epoch with the best validation loss, rate thresholds.
+
+    Returns the top and each threshold rule's threshold on the validation split.
+    """
     import torch
 
     rng = random.Random(config.seed)
@@ -352,8 +419,8 @@ def train_top(train: Encoded, val: Encoded, config: TrainConfig, log: Log) -> tu
     assert best is not None
     top.load_state_dict(best[1])
     top.eval()
-    scores = predict(top, val.select([ex.unsafe is not None for ex in val.examples]))
-    return top, best_threshold(val_truth, scores)
+    scored = val.select([ex.unsafe is not None for ex in val.examples])
+    return top, thresholds(scored.examples, val_truth, predict(top, scored), config)
 
 
 def metrics(truth: npt.NDArray[np.bool_], scores: Floats, threshold: float) -> dict[str, Any]:
@@ -403,9 +470,13 @@ def _rows(data: Encoded, keep: Callable[[ReplyExample, str], bool]) -> list[bool
 
 
 def evaluate_family(
-    top: Any, threshold: float, held: Encoded, rest_test: Encoded, family: str
+    top: Any, rules: dict[str, float], rule: str, held: Encoded, rest_test: Encoded, family: str
 ) -> dict[str, Any]:
-    """Metrics on one held-out family (see the module docstring for one-class families)."""
+    """Metrics on one held-out family at `rule`'s threshold, every rule's in `threshold_rules`.
+
+    See the module docstring for one-class families.
+    """
+    threshold = rules[rule]
     real = held.select(_rows(held, lambda ex, _: ex.kind == "real"))
     scores = predict(top, real)
     if family == "hh-rlhf":
@@ -425,7 +496,7 @@ def evaluate_family(
             "flagged_rejected": float(np.mean(flat[len(pairs) :] >= threshold)),
         }
     truth = np.array([bool(ex.unsafe) for ex in real.examples])
-    out = {"threshold": threshold, **metrics(truth, scores, threshold)}
+    out = {"threshold": threshold, "threshold_rule": rule, **metrics(truth, scores, threshold)}
     out["pooled"] = {
         "truth": truth.tolist(),
         "scores": [round(float(x), 5) for x in scores],
@@ -440,6 +511,11 @@ def evaluate_family(
         both = np.concatenate([scores, rest_scores])
         mixed = metrics(both_truth, both, threshold)
         out["vs_rest"] = {"n_unsafe_from_other_sources": len(rest_scores), **mixed}
+    else:
+        both_truth, both = truth, scores
+    out["threshold_rules"] = {
+        name: _headline(both_truth, both, truth, scores, value) for name, value in rules.items()
+    }
     if family == "xstest":
         models = sorted({str(ex.meta.get("model")) for ex in real.examples})
         out["by_model"] = {
@@ -451,6 +527,26 @@ def evaluate_family(
             for m in models
         }
     return out
+
+
+def _headline(
+    truth: npt.NDArray[np.bool_],
+    scores: Floats,
+    own_truth: npt.NDArray[np.bool_],
+    own_scores: Floats,
+    threshold: float,
+) -> dict[str, Any]:
+    """κ, recall and precision as the fold reads them, false-unsafe on the family's own replies.
+
+    One-class families read κ against the other sources' unsafe replies (`vs_rest`).
+    """
+    both = metrics(truth, scores, threshold)
+    own = metrics(own_truth, own_scores, threshold)
+    return {
+        "threshold": threshold,
+        **{k: both[k] for k in ("kappa", "recall", "precision")},
+        "false_unsafe_rate": own["false_unsafe_rate"],
+    }
 
 
 def leave_one_source_out(
@@ -466,8 +562,8 @@ def leave_one_source_out(
         val = _part(fold, "validation", exclude={family})
         rest = _part(fold, "test", exclude={family})
         log(f"fold {family}: train {len(train.examples)}, validation {len(val.examples)}")
-        top, threshold = train_top(train, val, config, log)
-        folds[family] = evaluate_family(top, threshold, held, rest, family)
+        top, rules = train_top(train, val, config, log)
+        folds[family] = evaluate_family(top, rules, config.threshold_rule, held, rest, family)
         folds[family]["minutes"] = round((time.monotonic() - started) / 60, 1)
         log(f"fold {family}: {summary_line(family, folds[family])}")
     return folds
@@ -489,7 +585,8 @@ def train_final(
     data: Encoded, config: TrainConfig, log: Log
 ) -> tuple[ReplyJudgeModel, dict[str, Any]]:
     """Train on every family's train split; test per family on its test split."""
-    top, threshold = train_top(_part(data, "train"), _part(data, "validation"), config, log)
+    top, rules = train_top(_part(data, "train"), _part(data, "validation"), config, log)
+    threshold = rules[config.threshold_rule]
     test: dict[str, Any] = {}
     for family in FAMILIES:
         rest = _part(data, "test", exclude={family})
@@ -497,7 +594,7 @@ def train_final(
             [ex.source == family for ex in _part(data, "test").examples]
         )
         if held.examples:
-            test[family] = evaluate_family(top, threshold, held, rest, family)
+            test[family] = evaluate_family(top, rules, config.threshold_rule, held, rest, family)
     return ReplyJudgeModel(top, config.tuned_layers, threshold), test
 
 
@@ -537,7 +634,7 @@ def main(
         "config": {k: v for k, v in config.__dict__.items()},
         "sources": SOURCE_NOTES,
         "counts": dict(sorted(counts.items())),
-        "threshold_rule": "max Cohen's κ on the validation split",
+        "threshold_rule": THRESHOLD_RULE_NOTES[config.threshold_rule],
         "leave_one_source_out": folds,
         "in_distribution_test": test,
     }

@@ -38,7 +38,7 @@ from yarl import URL
 from safeturn.errors import BackendError
 from safeturn.imaging import check_intact
 from safeturn.models.base import BaseChatModel
-from safeturn.schema import DEFAULT_LIMITS, Dialogue, GenerateParams, ImagePart, Reply, TextPart
+from safeturn.schema import DEFAULT_LIMITS, Dialogue, GenerateParams, ImagePart, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -194,20 +194,9 @@ class OpenAICompatModel(BaseChatModel):
 
     def _openai_messages(self, dialogue: Dialogue) -> list[dict[str, Any]]:
         """`Dialogue.to_openai`, with every local image checked before it is encoded."""
-        out: list[dict[str, Any]] = []
-        for i, message in enumerate(dialogue.messages):
-            if all(isinstance(p, TextPart) for p in message.parts):
-                out.append({"role": message.role, "content": message.text})
-                continue
-            content: list[dict[str, Any]] = []
-            for j, part in enumerate(message.parts):
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                else:
-                    url = self._image_url(part, label=_image_label(part, i, j))
-                    content.append({"type": "image_url", "image_url": {"url": url}})
-            out.append({"role": message.role, "content": content})
-        return out
+        return dialogue.to_openai(
+            image_url=lambda part, i, j: self._image_url(part, label=_image_label(part, i, j))
+        )
 
     def _image_url(self, image: ImagePart, *, label: str) -> str:
         """The data URL of a checked image; http(s) URLs pass unchanged (the server fetches)."""
