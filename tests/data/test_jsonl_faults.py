@@ -49,3 +49,21 @@ def test_a_failed_line_counts_towards_limit(tmp_path: Path) -> None:
     loaded = load_jsonl(write_mixed(tmp_path / "set.jsonl"), limit=2)
     assert [s.id for s in loaded.samples] == ["a"]
     assert [e.sample_id for e in loaded.errors] == ["set.jsonl:line-2"]
+
+
+def test_data_show_and_export_name_the_lines_they_left_out(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from safeturn.cli import app
+
+    data = write_mixed(tmp_path / "set.jsonl")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["data", "show", f"jsonl:{data}"])
+    assert shown.exit_code == 0, shown.output
+    assert "unreadable records: 5" in shown.output
+    assert "set.jsonl:line-2" in shown.output and "set.jsonl:line-7" in shown.output
+    out = tmp_path / "out.jsonl"
+    exported = runner.invoke(app, ["data", "export", f"jsonl:{data}", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert len(out.read_text().splitlines()) == 2
+    assert "left out set.jsonl:line-3" in exported.output

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from safeturn.attacks.base import Seed, seed_from_sample
@@ -97,6 +98,11 @@ def _load_seeds(
     for missing in loaded.missing_images:
         err_console.print(
             f"[yellow]skipped {missing.sample_id}:[/yellow] {missing.reason}", soft_wrap=True
+        )
+    for error in loaded.errors:
+        err_console.print(
+            f"[yellow]skipped {escape(error.sample_id)}:[/yellow] {escape(error.reason)}",
+            soft_wrap=True,
         )
     return [seed_from_sample(sample) for sample in loaded.samples]
 

@@ -99,9 +99,19 @@ def print_loaded(loaded: LoadedSet, *, rows: int | None = None, max_missing: int
     harmful = Counter(s.harmful for s in loaded.samples)
     console.print(
         f"harmful: {harmful[True]}  benign: {harmful[False]}  unknown: {harmful[None]}  "
-        f"left out for missing images: {len(loaded.missing_sample_ids)}",
+        f"left out for missing images: {len(loaded.missing_sample_ids)}  "
+        f"unreadable records: {len(loaded.errors)}",
         soft_wrap=True,
     )
+    if loaded.errors:
+        failed = Table(title=f"unreadable records ({len(loaded.errors)}), left out")
+        failed.add_column("record")
+        failed.add_column("reason", overflow="fold")
+        for error in loaded.errors[:max_missing]:
+            failed.add_row(error.sample_id, error.reason)
+        console.print(failed)
+        if len(loaded.errors) > max_missing:
+            console.print(f"… and {len(loaded.errors) - max_missing} more")
     if not loaded.missing_images:
         return
     report = Table(title=f"missing images ({len(loaded.missing_images)})")
@@ -149,6 +159,10 @@ def export(
         _error(exc)
         raise typer.Exit(code=1) from exc
     console.print(f"wrote {count} samples to {out} ({fmt.value})", soft_wrap=True)
+    for error in loaded.errors:
+        err_console.print(
+            f"[yellow]left out {escape(error.sample_id)}:[/yellow] {escape(error.reason)}"
+        )
     if loaded.missing_images:
         console.print(
             f"{len(loaded.missing_sample_ids)} samples were left out for missing images; "
