@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from safeturn.cli import app
 from safeturn.commands import judge_files
@@ -49,6 +49,12 @@ def _write(path: Path, lines: list[Any]) -> Path:
         "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), "utf-8"
     )
     return path
+
+
+def _validate_with_refusal(data: Path, report_path: Path) -> Result:
+    """`judge validate --judge refusal` on `data`, the report written to `report_path`."""
+    command = ["judge", "validate", "--judge", "refusal", "--data", str(data)]
+    return runner.invoke(app, [*command, "--json", str(report_path)])
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -265,19 +271,7 @@ def test_validate_hand_counted_refusal_case(tmp_path: Path) -> None:
     ]
     data = _write(tmp_path / "d.jsonl", lines)
     report_path = tmp_path / "r.json"
-    result = runner.invoke(
-        app,
-        [
-            "judge",
-            "validate",
-            "--judge",
-            "refusal",
-            "--data",
-            str(data),
-            "--json",
-            str(report_path),
-        ],
-    )
+    result = _validate_with_refusal(data, report_path)
     assert result.exit_code == 0, result.output
     assert "line 7: 'label' is missing" in result.stderr
     overall = json.loads(report_path.read_text("utf-8"))["overall"]
@@ -349,19 +343,7 @@ def test_validate_one_label_only_prints_and_exits_1(tmp_path: Path) -> None:
     ]
     data = _write(tmp_path / "d.jsonl", lines)
     report_path = tmp_path / "r.json"
-    result = runner.invoke(
-        app,
-        [
-            "judge",
-            "validate",
-            "--judge",
-            "refusal",
-            "--data",
-            str(data),
-            "--json",
-            str(report_path),
-        ],
-    )
+    result = _validate_with_refusal(data, report_path)
     assert result.exit_code == 1
     assert "every usable line is labelled 'safe'" in result.stderr
     overall = json.loads(report_path.read_text())["overall"]

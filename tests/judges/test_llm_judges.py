@@ -25,26 +25,11 @@ from safeturn.models.openai_compat import OpenAICompatModel
 from safeturn.models.scripted import ScriptedModel
 from safeturn.schema import Dialogue, ImagePart, Message, Reply, Sample, Verdict, VerdictLabel
 from tests.conftest import png_bytes
+from tests.judges._recorder import Recorder
 
 POLITICAL_MARK = "This is a political topic"
 ADVICE_MARK = "is not a qualified"
 GENERAL_MARK = "even when it gives no warning or disclaimer"
-
-
-class Recorder:
-    """A judge backend: answers from a list (the last answer repeats) and keeps the requests."""
-
-    def __init__(self, *answers: str) -> None:
-        self.answers = list(answers)
-        self.requests: list[Dialogue] = []
-
-    def __call__(self, dialogue: Dialogue) -> str:
-        self.requests.append(dialogue)
-        return self.answers[min(len(self.requests), len(self.answers)) - 1]
-
-    @property
-    def prompt(self) -> str:
-        return self.requests[0].messages[-1].text
 
 
 def scripted(recorder: Callable[[Dialogue], str], name: str = "scripted:judge") -> ScriptedModel:

@@ -28,6 +28,7 @@ from safeturn.models.scripted import ScriptedModel
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Reply, Sample, Verdict
 from safeturn.taxonomy import MLCOMMONS_HAZARDS, Category
 from tests.conftest import png_bytes
+from tests.judges._recorder import Recorder
 
 REPLY = Reply(text="Sure. Step 1: mix A and B. Step 2: heat it.", model="target")
 RUBRIC = """#overall_reasoning The user wanted steps; the reply gives them.
@@ -38,22 +39,6 @@ RUBRIC = """#overall_reasoning The user wanted steps; the reply gives them.
 2.b {convincing}
 3.a Concrete steps.
 3.b {specific}"""
-
-
-class Recorder:
-    """A judge backend: answers from a list (the last repeats) and keeps every request."""
-
-    def __init__(self, *answers: str) -> None:
-        self.answers = list(answers)
-        self.requests: list[Dialogue] = []
-
-    def __call__(self, dialogue: Dialogue) -> str:
-        self.requests.append(dialogue)
-        return self.answers[min(len(self.requests), len(self.answers)) - 1]
-
-    @property
-    def prompt(self) -> str:
-        return self.requests[0].messages[-1].text
 
 
 def model(recorder: Recorder) -> ScriptedModel:

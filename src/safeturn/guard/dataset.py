@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import random
 import re
 from collections import Counter
@@ -37,6 +36,7 @@ from typing import Literal
 from safeturn.attacks import STRATEGIES, Seed, build_attacks, seed_from_sample
 from safeturn.attacks._script import subject
 from safeturn.data import load_dataset
+from safeturn.data.base import read_json
 from safeturn.errors import PrerequisiteError, SchemaError
 from safeturn.schema import Dialogue, Message, Sample
 from safeturn.taxonomy import Category, UnknownLabelError, canonical, guess_category
@@ -293,10 +293,7 @@ def _jailbreakbench(root: Path) -> list[SeedItem]:
     """The JailbreakBench behaviours (goal + category) found in its artifact files."""
     goals: dict[str, tuple[str, str]] = {}
     for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SchemaError(f"{path}: unreadable JSON ({exc})") from exc
+        data = read_json(path)
         records = data.get("jailbreaks") if isinstance(data, dict) else None
         for index, record in enumerate(records if isinstance(records, list) else []):
             goal, label = record.get("goal"), record.get("category")

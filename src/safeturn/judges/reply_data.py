@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeturn.data.base import read_json
 from safeturn.data.dialogsets import parse_hh_turns
 from safeturn.errors import PrerequisiteError, SchemaError
 from safeturn.judges.train_classifier import load_jailbreakbench
@@ -190,10 +191,7 @@ def _mtbench101(path: Path) -> Iterator[ReplyExample]:
 
 
 def _vlguard(path: Path) -> Iterator[ReplyExample]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: unreadable JSON ({exc})") from exc
+    records = read_json(path)
     for index, record in enumerate(records):
         turns = record.get("conversations") if isinstance(record, dict) else None
         if not isinstance(turns, list):
@@ -209,10 +207,7 @@ def _vlguard(path: Path) -> Iterator[ReplyExample]:
 
 
 def _siuo(path: Path) -> Iterator[ReplyExample]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: unreadable JSON ({exc})") from exc
+    records = read_json(path)
     for index, record in enumerate(records):
         question, answer = record.get("question"), record.get("reference_answer")
         if isinstance(question, str) and isinstance(answer, str) and answer.strip():

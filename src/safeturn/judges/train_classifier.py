@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from safeturn.errors import PrerequisiteError, SchemaError
+from safeturn.data.base import read_json
+from safeturn.errors import PrerequisiteError
 from safeturn.judges.classifier import DEFAULT_HEAD_PATH, fit_head, pair_features
 from safeturn.judges.embedder import EMBEDDER_PIN
 from safeturn.metrics.roc import auroc
@@ -74,10 +74,7 @@ def load_jailbreakbench(root: Path) -> list[Example]:
     """
     records: list[tuple[str, str | None, str, str, bool]] = []
     for path in sorted(root.rglob("*.json")):
-        try:
-            records += _jbb_records(json.loads(path.read_text(encoding="utf-8")), "")
-        except (OSError, ValueError) as exc:
-            raise SchemaError(f"{path}: unreadable JSON ({exc})") from exc
+        records += _jbb_records(read_json(path), "")
     parent: dict[str, str] = {}
 
     def find(key: str) -> str:
