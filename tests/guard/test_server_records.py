@@ -18,6 +18,7 @@ from safeturn.guard.decisions import Decision, DecisionLog
 from safeturn.guard.jsonlog import JsonLineFormatter
 from safeturn.run.store import RunStore
 from tests.conftest import png_bytes
+from tests.databases import Database
 
 from .conftest import (
     MODEL,
@@ -86,9 +87,9 @@ async def test_metrics_move(
 
 
 async def test_decisions_land_in_the_run_database(
-    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, tmp_path: Path
+    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, database: Database
 ):
-    db = tmp_path / "guard.db"
+    db = database.target
     url = await start_proxy(mode="refuse", database=str(db))
     api = client(url)
     image = f"data:image/png;base64,{base64.b64encode(png_bytes()).decode()}"
@@ -119,9 +120,9 @@ async def test_decisions_land_in_the_run_database(
 
 
 async def test_content_is_stored_only_when_asked(
-    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, tmp_path: Path
+    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, database: Database
 ):
-    db = tmp_path / "guard.db"
+    db = database.target
     url = await start_proxy(database=str(db), store_content=True)
     raw = png_bytes()
     image = f"data:image/png;base64,{base64.b64encode(raw).decode()}"
@@ -138,9 +139,9 @@ async def test_content_is_stored_only_when_asked(
 
 
 async def test_upstream_failures_are_recorded(
-    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, tmp_path: Path
+    start_proxy: ProxyFactory, upstream: FakeUpstream, client: ClientFactory, database: Database
 ):
-    db = tmp_path / "guard.db"
+    db = database.target
     url = await start_proxy(database=str(db))
     upstream.status = 503
     with pytest.raises(openai.InternalServerError):
@@ -156,10 +157,10 @@ async def test_no_secret_or_content_reaches_logs_or_database(
     start_proxy: ProxyFactory,
     upstream: FakeUpstream,
     client: ClientFactory,
-    tmp_path: Path,
+    database: Database,
     caplog: pytest.LogCaptureFixture,
 ):
-    db = tmp_path / "guard.db"
+    db = database.target
     caplog.set_level(logging.DEBUG)
     url = await start_proxy(database=str(db))
     api = client(url)
@@ -179,7 +180,7 @@ async def test_no_secret_or_content_reaches_logs_or_database(
     assert len(decisions) == 3
     assert {"action", "risk", "category", "moderator_ms", "decision_id"} <= set(decisions[0])
     everything = "\n".join([*lines, caplog.text]).encode()
-    stored = _database_bytes(tmp_path)
+    stored = database.stored_bytes()
     for secret in (TOKEN, UPSTREAM_KEY, SECRET_TEXT, "Quackenbush"):
         assert secret.encode() not in everything, secret
         assert secret.encode() not in stored, secret
@@ -195,8 +196,8 @@ async def test_decision_log_survives_a_broken_database(tmp_path: Path) -> None:
     await log.aclose()
 
 
-async def test_decision_log_drops_when_full(tmp_path: Path) -> None:
-    log = DecisionLog(tmp_path / "d.db", max_pending=1)
+async def test_decision_log_drops_when_full(database: Database) -> None:
+    log = DecisionLog(database.target, max_pending=1)
     assert log.submit(_decision("a"))
     assert not log.submit(_decision("b"))  # the writer has not run yet: the queue is full
     assert log.dropped == 1
@@ -215,11 +216,6 @@ def test_json_lines_carry_fields() -> None:
         "decision",
         0.5,
     )
-
-
-def _database_bytes(folder: Path) -> bytes:
-    """The database with its WAL and shared-memory files: whatever SQLite has written."""
-    return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("guard.db"))
 
 
 def _raise(_decisions: list[Decision]) -> None:

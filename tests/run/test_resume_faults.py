@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +20,7 @@ from safeturn.run.results import load_results
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, Message, Sample, Verdict
 from tests.conftest import REPO_ROOT
+from tests.databases import Database
 
 
 def _samples(n: int) -> list[Sample]:
@@ -49,8 +49,8 @@ def _outcome(store: RunStore, run_id: str) -> dict[tuple[str, int], tuple[str, s
 
 
 @pytest.mark.slow  # two Python processes start: about 4 s
-def test_two_processes_resuming_one_run_neither_crash_nor_duplicate(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
+def test_two_processes_resuming_one_run_neither_crash_nor_duplicate(database: Database) -> None:
+    db = database.target
     store = RunStore(db)
     run_id = start_run(store, _samples(12), EvalSettings(model="scripted:comply", concurrency=2))
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
@@ -82,7 +82,7 @@ def test_two_processes_resuming_one_run_neither_crash_nor_duplicate(tmp_path: Pa
     assert {state for state, _ in store.sample_status(run_id).values()} == {"done"}
     assert store.get_run(run_id).status == "done"
 
-    alone = RunStore(tmp_path / "alone.db")
+    alone = RunStore(database.new())
     single = start_run(alone, _samples(12), EvalSettings(model="scripted:comply", concurrency=2))
     asyncio.run(execute_run(alone, single, _comply(), [load_judge("refusal")]))
     assert _outcome(store, run_id) == _outcome(alone, single)
@@ -90,8 +90,8 @@ def test_two_processes_resuming_one_run_neither_crash_nor_duplicate(tmp_path: Pa
     assert ours.attack_success() == theirs.attack_success()
 
 
-def test_a_run_held_by_a_live_process_is_refused_before_any_call(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+def test_a_run_held_by_a_live_process_is_refused_before_any_call(database: Database) -> None:
+    store = RunStore(database.target)
     run_id = start_run(store, _samples(2), EvalSettings(model="scripted:comply"))
     parent = os.getppid()  # a live process that is not this one
     store.claim_lease(run_id, Holder("other", _host(), parent, time.time()), busy=lambda _: False)
@@ -101,8 +101,8 @@ def test_a_run_held_by_a_live_process_is_refused_before_any_call(tmp_path: Path)
     assert model.calls == 0 and store.get_run(run_id).status == "running"
 
 
-def test_a_dead_or_silent_holder_does_not_block_a_resume(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+def test_a_dead_or_silent_holder_does_not_block_a_resume(database: Database) -> None:
+    store = RunStore(database.target)
     run_id = start_run(store, _samples(2), EvalSettings(model="scripted:comply"))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -115,13 +115,13 @@ def test_a_dead_or_silent_holder_does_not_block_a_resume(tmp_path: Path) -> None
     assert store.get_run(run_id).status == "done" and len(store.calls(run_id)) == 4
     with RunLease(store, run_id), RunLease(store, run_id):  # re-entrant, then released
         pass
-    other = RunStore(tmp_path / "r.db")
+    other = RunStore(database.target)
     with RunLease(other, run_id):
         pass
 
 
-def test_a_verdict_another_process_stored_first_is_replaced_not_fatal(tmp_path: Path) -> None:
-    first, second = RunStore(tmp_path / "r.db"), RunStore(tmp_path / "r.db")
+def test_a_verdict_another_process_stored_first_is_replaced_not_fatal(database: Database) -> None:
+    first, second = RunStore(database.target), RunStore(database.target)
     run_id = start_run(first, _samples(1), EvalSettings(model="scripted:comply"))
     second.get_verdict(run_id, "s0", 1, "refusal")  # loads its index while the table is empty
     first.record_verdict(run_id, Verdict(sample_id="s0", turn=1, judge="refusal", label="safe"))
@@ -131,8 +131,8 @@ def test_a_verdict_another_process_stored_first_is_replaced_not_fatal(tmp_path: 
     assert [v.label for v in first.verdicts(run_id)] == ["unsafe"]
 
 
-def test_a_run_without_samples_is_never_marked_done(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+def test_a_run_without_samples_is_never_marked_done(database: Database) -> None:
+    store = RunStore(database.target)
     settings = EvalSettings(model="scripted:comply")
     bare = store.create_run(settings.model_dump(mode="json"))  # as a crash before the samples
     with pytest.raises(StoreError, match=f"run {bare} holds no samples"):
@@ -147,8 +147,8 @@ def test_a_run_without_samples_is_never_marked_done(tmp_path: Path) -> None:
     assert [run.id for run in store.list_runs()] == [bare], "no run without its samples"
 
 
-def test_samples_without_a_user_turn_or_unreadable_are_errors_not_done(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+def test_samples_without_a_user_turn_or_unreadable_are_errors_not_done(database: Database) -> None:
+    store = RunStore(database.target)
     only_system = Sample(
         id="sys", source="unit", dialogue=Dialogue(messages=[Message(role="system", parts=[])])
     )
@@ -166,9 +166,9 @@ def test_samples_without_a_user_turn_or_unreadable_are_errors_not_done(tmp_path:
 
 
 def test_a_store_failure_mid_run_surfaces_as_itself_not_an_exception_group(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = RunStore(tmp_path / "r.db")
+    store = RunStore(database.target)
     run_id = start_run(store, _samples(3), EvalSettings(model="scripted:comply", concurrency=2))
 
     def disk_full(*_args: object, **_kwargs: object) -> None:

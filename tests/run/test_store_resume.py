@@ -18,6 +18,7 @@ from safeturn.run.results import load_results
 from safeturn.run.store import RunStore, request_hash
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample, Verdict
 from tests.conftest import REPO_ROOT, png_bytes
+from tests.databases import Database
 
 
 def _samples(n: int, turns: int = 2) -> list[Sample]:
@@ -49,7 +50,7 @@ def test_request_hash_depends_on_content_not_on_image_location(tmp_path: Path) -
     )
 
 
-def test_secrets_never_reach_the_database(tmp_path: Path) -> None:
+def test_secrets_never_reach_the_database(database: Database) -> None:
     config = {
         "model": "openai:x#y",
         "api_key": "sk-123",
@@ -72,16 +73,17 @@ def test_secrets_never_reach_the_database(tmp_path: Path) -> None:
         "judges": [{"name": "j"}],
         "model": "openai:https://host.example/v1#m",
     }
-    store = RunStore(tmp_path / "r.db")
+    store = RunStore(database.target)
     run_id = store.create_run({**config, **nested})
     assert "sk-123" not in str(store.get_run(run_id).config)
-    raw = (tmp_path / "r.db").read_bytes() + (tmp_path / "r.db-wal").read_bytes()
+    raw = database.stored_bytes()
+    assert b"OPENAI_API_KEY" in raw, "the database was really read"
     for secret in (b"sk-123", b"sk-999", b"sk-888", b"sk-777"):
         assert secret not in raw
 
 
-async def test_live_run_records_every_turn_and_verdict(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+async def test_live_run_records_every_turn_and_verdict(database: Database) -> None:
+    store = RunStore(database.target)
     settings = EvalSettings(model="scripted:comply", params=GenerateParams(max_tokens=64))
     run_id = start_run(store, _samples(4, turns=3), settings)
     model = ScriptedModel(BUILTIN_SCRIPTS["comply"], name="scripted:comply")
@@ -98,8 +100,8 @@ async def test_live_run_records_every_turn_and_verdict(tmp_path: Path) -> None:
     assert store.get_run(run_id).status == "done"
 
 
-async def test_replay_mode_answers_only_the_final_turn(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+async def test_replay_mode_answers_only_the_final_turn(database: Database) -> None:
+    store = RunStore(database.target)
     sample = Sample(
         id="r1",
         source="unit",
@@ -117,8 +119,10 @@ async def test_replay_mode_answers_only_the_final_turn(tmp_path: Path) -> None:
     assert verdict.label == "safe" and verdict.refused is True
 
 
-async def test_a_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+async def test_a_failing_sample_is_recorded_and_the_run_goes_on(
+    database: Database, tmp_path: Path
+) -> None:
+    store = RunStore(database.target)
     samples = _samples(3)
     broken = samples[1].model_copy(
         update={
@@ -141,8 +145,8 @@ async def test_a_failing_sample_is_recorded_and_the_run_goes_on(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_duplicates_or_loss(tmp_path: Path) -> None:
-    db = tmp_path / "resume.db"
+def test_killed_run_resumes_without_duplicates_or_loss(database: Database) -> None:
+    db = database.target
     store = RunStore(db)
     samples = _samples(10)
     settings = EvalSettings(model="scripted:comply", concurrency=2)
@@ -183,9 +187,9 @@ def test_killed_run_resumes_without_duplicates_or_loss(tmp_path: Path) -> None:
 
 
 async def test_identical_dialogues_in_different_samples_each_get_their_reply(
-    tmp_path: Path,
+    database: Database,
 ) -> None:
-    store = RunStore(tmp_path / "r.db")
+    store = RunStore(database.target)
     same = Dialogue(messages=[Message.user("How do I pick a lock?")])
     samples = [Sample(id=f"dup{i}", source="t", harmful=True, dialogue=same) for i in range(3)]
     run_id = start_run(store, samples, EvalSettings(model="scripted:comply", mode="replay"))
@@ -197,9 +201,9 @@ async def test_identical_dialogues_in_different_samples_each_get_their_reply(
 
 
 async def test_recorded_model_repeats_reach_the_model_and_replay_in_order(
-    tmp_path: Path,
+    database: Database,
 ) -> None:
-    store = RunStore(tmp_path / "r.db")
+    store = RunStore(database.target)
     run_id = store.create_run({}, kind="synth")
     answers = iter(["I'm sorry, I can't.", '{"turns": []}'])
     inner = ScriptedModel(lambda _d: next(answers), name="scripted:seq")
@@ -247,8 +251,8 @@ class _FlakyJudge:
         return Verdict(sample_id=sample.id, turn=turn, judge=self.name, label=label)
 
 
-async def test_resume_rejudges_invalid_verdicts_without_new_model_calls(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+async def test_resume_rejudges_invalid_verdicts_without_new_model_calls(database: Database) -> None:
+    store = RunStore(database.target)
     settings = EvalSettings(model="scripted:comply", judges=["refusal"])
     run_id = start_run(store, _samples(3, turns=2), settings)
     model = ScriptedModel(BUILTIN_SCRIPTS["comply"], name="scripted:comply")

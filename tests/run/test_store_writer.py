@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +19,28 @@ from safeturn.run.engine import EvalSettings, execute_run, start_run
 from safeturn.run.store import RunStore, request_hash
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Reply, Sample, Verdict
 from tests.conftest import REPO_ROOT
+from tests.databases import Database, failing_inserts_sql
+
+_INCOMPLETE = (
+    "(SELECT count(*) FROM model_calls c WHERE c.run_id = NEW.run_id"
+    " AND c.sample_id = NEW.sample_id) < 2"
+    " OR (SELECT count(*) FROM verdicts v WHERE v.run_id = NEW.run_id"
+    " AND v.sample_id = NEW.sample_id) < 2"
+)
+_COMPLETE_TRIGGER = {
+    "sqlite": [
+        "CREATE TRIGGER complete BEFORE UPDATE OF status ON samples WHEN NEW.status = 'done'"
+        f" AND ({_INCOMPLETE}) BEGIN SELECT RAISE(ABORT, 'done before its calls'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION complete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF {_INCOMPLETE} THEN RAISE EXCEPTION 'done before its calls'; END IF;"
+        " RETURN NEW; END $$",
+        "CREATE TRIGGER complete BEFORE UPDATE OF status ON samples FOR EACH ROW"
+        " WHEN (NEW.status = 'done') EXECUTE FUNCTION complete()",
+    ],
+}
+"""A trigger that refuses a done-mark of a sample whose two calls and verdicts are missing."""
 
 LONG_WINDOW_S = 3600.0
 """A window the test never reaches: nothing is committed unless something asks for it."""
@@ -46,22 +66,13 @@ def _verdict(sample_id: str, turn: int, label: str = "unsafe") -> Verdict:
     return Verdict(sample_id=sample_id, turn=turn, judge="refusal", label=label)  # type: ignore[arg-type]
 
 
-def _committed(db: Path, sql: str) -> list[tuple[object, ...]]:
-    """What another connection sees: only committed rows."""
-    with sqlite3.connect(db) as connection:
-        return connection.execute(sql).fetchall()
+def _fail_inserts_of(database: Database, sample_id: str) -> None:
+    for statement in failing_inserts_sql(database.kind, sample_id):
+        database.execute(statement)
 
 
-def _fail_inserts_of(db: Path, sample_id: str) -> None:
-    with sqlite3.connect(db) as connection:
-        connection.execute(
-            f"CREATE TRIGGER refuse BEFORE INSERT ON model_calls WHEN NEW.sample_id = '{sample_id}'"
-            " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
-
-
-def test_group_commit_persists_everything_after_close(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+def test_group_commit_persists_everything_after_close(database: Database) -> None:
+    db = database.target
     store = RunStore(db)
     run_id = start_run(store, _samples(30), EvalSettings(model="m"))
     for i in range(30):
@@ -82,46 +93,39 @@ def test_group_commit_persists_everything_after_close(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_reads_see_writes_before_they_are_committed(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+def test_reads_see_writes_before_they_are_committed(database: Database) -> None:
+    db = database.target
     store = RunStore(db, window_s=LONG_WINDOW_S)
     run_id = start_run(store, _samples(1), EvalSettings(model="m"))
     store.record_call(run_id, sample_id="s0", turn=1, role="target", key="k", reply=_reply("hi"))
     store.record_verdict(run_id, _verdict("s0", 1, "safe"))
     store.mark_sample(run_id, "s0", "done")
-    assert _committed(db, "SELECT count(*) FROM model_calls") == [(0,)], "still queued"
+    assert database.execute("SELECT count(*) FROM model_calls") == [(0,)], "still queued"
 
     cached = store.cached_reply(run_id, "k")
     assert cached is not None and cached.text == "hi" and cached.prompt_tokens == 3
     verdict = store.get_verdict(run_id, "s0", 1, "refusal")
     assert verdict is not None and verdict.label == "safe"
     assert store.sample_status(run_id) == {"s0": ("done", None)}  # a DB read commits first
-    assert _committed(db, "SELECT count(*) FROM model_calls") == [(1,)]
+    assert database.execute("SELECT count(*) FROM model_calls") == [(1,)]
     assert store.cached_reply(run_id, "k") == cached  # now read back from the database
     store.close()
 
 
-async def test_done_marks_never_land_before_their_calls(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+async def test_done_marks_never_land_before_their_calls(database: Database) -> None:
+    db = database.target
     store = RunStore(db)
     run_id = start_run(store, _samples(24), EvalSettings(model="m", concurrency=6))
-    with sqlite3.connect(db) as connection:  # the database itself checks every done-mark
-        connection.execute(
-            "CREATE TRIGGER complete BEFORE UPDATE OF status ON samples WHEN NEW.status = 'done'"
-            " AND ((SELECT count(*) FROM model_calls c WHERE c.run_id = NEW.run_id"
-            "       AND c.sample_id = NEW.sample_id) < 2"
-            "   OR (SELECT count(*) FROM verdicts v WHERE v.run_id = NEW.run_id"
-            "       AND v.sample_id = NEW.sample_id) < 2)"
-            " BEGIN SELECT RAISE(ABORT, 'done before its calls'); END"
-        )
+    for statement in _COMPLETE_TRIGGER[database.kind]:  # the database checks every done-mark
+        database.execute(statement)
     model = ScriptedModel(BUILTIN_SCRIPTS["comply"], name="m")
     await execute_run(store, run_id, model, [load_judge("refusal")])
     assert {state for state, _ in store.sample_status(run_id).values()} == {"done"}
     store.close()
 
 
-def test_a_killed_worker_leaves_no_done_sample_without_its_calls(tmp_path: Path) -> None:
-    db = tmp_path / "kill.db"
+def test_a_killed_worker_leaves_no_done_sample_without_its_calls(database: Database) -> None:
+    db = database.target
     store = RunStore(db)
     run_id = start_run(store, _samples(16), EvalSettings(model="scripted:comply", concurrency=4))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -146,12 +150,12 @@ def test_a_killed_worker_leaves_no_done_sample_without_its_calls(tmp_path: Path)
 
 
 def test_a_failed_group_commit_surfaces_and_stops_later_writes(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db = tmp_path / "r.db"
+    db = database.target
     store = RunStore(db, window_s=1.0)  # the call and its mark go out in one group
     run_id = start_run(store, _samples(3), EvalSettings(model="m"))
-    _fail_inserts_of(db, "s1")
+    _fail_inserts_of(database, "s1")
     store.record_call(run_id, sample_id="s0", turn=1, role="target", key="a", reply=_reply())
     store.flush()
     with caplog.at_level(logging.ERROR, logger="safeturn.run.store"):
@@ -175,18 +179,18 @@ def test_a_failed_group_commit_surfaces_and_stops_later_writes(
     reopened.close()
 
 
-def test_sync_mode_commits_each_write_before_it_returns(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+def test_sync_mode_commits_each_write_before_it_returns(database: Database) -> None:
+    db = database.target
     store = RunStore(db, durability="sync")
     run_id = start_run(store, _samples(2), EvalSettings(model="m"))
     store.record_call(run_id, sample_id="s0", turn=1, role="target", key="a", reply=_reply())
-    assert _committed(db, "SELECT request_hash FROM model_calls") == [("a",)]
+    assert database.execute("SELECT request_hash FROM model_calls") == [("a",)]
     store.record_verdict(run_id, _verdict("s0", 1))
     store.mark_sample(run_id, "s0", "done")
-    assert _committed(db, "SELECT status FROM samples WHERE sample_id = 's0'") == [("done",)]
-    assert _committed(db, "SELECT count(*) FROM verdicts") == [(1,)]
+    assert database.execute("SELECT status FROM samples WHERE sample_id = 's0'") == [("done",)]
+    assert database.execute("SELECT count(*) FROM verdicts") == [(1,)]
 
-    _fail_inserts_of(db, "s1")  # a failed write raises at once and spoils nothing else
+    _fail_inserts_of(database, "s1")  # a failed write raises at once and spoils nothing else
     with pytest.raises(StoreError, match=r"sample 's1' turn 1 target, hash b"):
         store.record_call(run_id, sample_id="s1", turn=1, role="target", key="b", reply=_reply())
     assert store.cached_reply(run_id, "b") is None
@@ -195,8 +199,8 @@ def test_sync_mode_commits_each_write_before_it_returns(tmp_path: Path) -> None:
     store.close()
 
 
-def test_repeated_verdicts_replace_within_and_across_groups(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db", window_s=LONG_WINDOW_S)
+def test_repeated_verdicts_replace_within_and_across_groups(database: Database) -> None:
+    store = RunStore(database.target, window_s=LONG_WINDOW_S)
     run_id = start_run(store, _samples(1), EvalSettings(model="m"))
     store.record_verdict(run_id, _verdict("s0", 1, "unsafe"))
     store.record_verdict(run_id, _verdict("s0", 1, "invalid"))
@@ -207,8 +211,8 @@ def test_repeated_verdicts_replace_within_and_across_groups(tmp_path: Path) -> N
     store.close()
 
 
-def test_a_call_another_worker_stored_first_is_skipped_not_fatal(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+def test_a_call_another_worker_stored_first_is_skipped_not_fatal(database: Database) -> None:
+    db = database.target
     first, second = RunStore(db), RunStore(db)
     run_id = start_run(first, _samples(2), EvalSettings(model="m"))
     assert second.cached_reply(run_id, "shared") is None  # second loads its index now
@@ -222,8 +226,8 @@ def test_a_call_another_worker_stored_first_is_skipped_not_fatal(tmp_path: Path)
     second.close()
 
 
-def test_a_store_never_closed_is_flushed_at_exit(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+def test_a_store_never_closed_is_flushed_at_exit(database: Database) -> None:
+    db = database.target
     script = textwrap.dedent(
         f"""
         from safeturn.run.store import RunStore
@@ -235,11 +239,11 @@ def test_a_store_never_closed_is_flushed_at_exit(tmp_path: Path) -> None:
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)
-    assert _committed(db, "SELECT request_hash FROM model_calls") == [("k",)]
+    assert database.execute("SELECT request_hash FROM model_calls") == [("k",)]
 
 
-def test_unknown_sample_is_refused_at_once(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "r.db")
+def test_unknown_sample_is_refused_at_once(database: Database) -> None:
+    store = RunStore(database.target)
     run_id = start_run(store, _samples(1), EvalSettings(model="m"))
     with pytest.raises(StoreError, match="has no sample 'nope'"):
         store.mark_sample(run_id, "nope", "done")
@@ -269,9 +273,9 @@ def test_request_hash_is_byte_identical_to_stored_runs() -> None:
     assert empty == "a4c1fde9cb7c819d8a1de9b5020ed7e76644eb1aa7027c22fe2b54397b2f9b62"
 
 
-def test_an_unexpected_commit_error_still_stops_later_marks(tmp_path: Path) -> None:
+def test_an_unexpected_commit_error_still_stops_later_marks(database: Database) -> None:
     """A raw database error (not a StoreError) must not let a done-mark outlive its calls."""
-    store = RunStore(tmp_path / "r.db", window_s=10)
+    store = RunStore(database.target, window_s=10)
     run_id = store.create_run({"x": 1})
     store.add_samples(run_id, _samples(1))
     real_commit = store._commit
@@ -288,4 +292,4 @@ def test_an_unexpected_commit_error_still_stops_later_marks(tmp_path: Path) -> N
         store.mark_sample(run_id, "s0", "done")
     with pytest.raises(StoreError):
         store.flush()
-    assert _committed(tmp_path / "r.db", "SELECT status FROM samples") == [("pending",)]
+    assert database.execute("SELECT status FROM samples") == [("pending",)]

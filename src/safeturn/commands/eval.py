@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +15,7 @@ from safeturn.commands._running import (
     Network,
     RetriesOption,
     TimeoutOption,
+    bulk_objects,
     execute_and_publish,
 )
 from safeturn.errors import SafeturnError
@@ -39,12 +41,11 @@ def _samples(
     images_dir: Path,
 ) -> list[Sample]:
     """Load a set; with strategies, turn every sample into N-turn attacks on the same seeds."""
-    from safeturn.attacks import resolve_strategies, resolve_turns, seed_from_sample
-    from safeturn.commands.build import build_closing_attacker
     from safeturn.data import load_dataset
-    from safeturn.models import load_model
 
-    loaded = load_dataset(data, text_only=text_only, limit=limit)
+    started = time.perf_counter()
+    with bulk_objects():  # thousands of samples kept for the run: see bulk_objects
+        loaded = load_dataset(data, text_only=text_only, limit=limit)
     for missing in loaded.missing_images:
         console.print(f"[yellow]left out {missing.sample_id}:[/yellow] {missing.reason}")
     # A record that could not be read fails alone: it enters the run as a failed sample
@@ -53,14 +54,26 @@ def _samples(
     for error in loaded.errors:
         console.print(f"[red]item {error.sample_id} fails:[/red] {error.reason}", soft_wrap=True)
     if not strategies:
-        return loaded.samples + failed
+        return _loaded(loaded.samples + failed, data, started)
+    from safeturn.attacks import resolve_strategies, resolve_turns, seed_from_sample
+    from safeturn.commands.build import build_closing_attacker
+    from safeturn.models import load_model
+
     seeds = [seed_from_sample(s) for s in loaded.samples]
     model = load_model(attacker) if attacker else None
     names, counts = resolve_strategies(strategies), resolve_turns(turns)
     built = asyncio.run(
         build_closing_attacker(seeds, names, counts, seed, model, images_dir, concurrency=8)
     )
-    return built + failed
+    return _loaded(built + failed, data, started)
+
+
+def _loaded(samples: list[Sample], data: str, started: float) -> list[Sample]:
+    """`samples`, once the user is told how many there are and how long they took."""
+    took = time.perf_counter() - started
+    said = f"loaded {len(samples)} samples from {data} in {took:.2f} s"
+    console.print(said, markup=False, soft_wrap=True)
+    return samples
 
 
 def eval_command(
@@ -98,7 +111,19 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="folder for the database and reports")] = Path(
         "runs/eval"
     ),
+    db: Annotated[
+        str | None,
+        typer.Option(help="run database file or SQLAlchemy URL (default: OUT/safeturn.db)"),
+    ] = None,
     resume: Annotated[str | None, typer.Option(help="continue this run id")] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker",
+            help="share the run with other --worker processes, each claiming samples "
+            "(join one with --resume RUN_ID --worker)",
+        ),
+    ] = False,
     judge_card: JudgeCardOption = None,
     timeout: TimeoutOption = None,
     retries: RetriesOption = None,
@@ -106,7 +131,11 @@ def eval_command(
     """Evaluate a model; every call and verdict is stored at once, so runs resume."""
     if mode not in ("live", "replay"):
         raise typer.BadParameter(f"--mode must be live or replay, got {mode!r}")
-    store = RunStore(out / "safeturn.db")
+    try:
+        store = RunStore(db or out / "safeturn.db")  # db: a str, as a Path mangles a URL's //
+    except SafeturnError as exc:  # no PostgreSQL driver, a server that cannot be reached
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
     try:
         cards = load_cards(judge_card or [])  # before the run: a bad card fails fast
         if resume is None:
@@ -139,12 +168,15 @@ def eval_command(
                 data=data + (f" → {','.join(strategy)} × turns {turns}" if strategy else ""),
                 samples=draws,
             )
-            run_id = start_run(store, samples, settings)
+            with bulk_objects():  # thousands of rows to insert: see bulk_objects
+                run_id = start_run(store, samples, settings)
+            del samples  # the run reads them back from the store: not twice in memory
         else:
             _check_resumed_model(store, resume, model)
             run_id = resume
         network = Network(timeout_s=timeout, max_retries=retries)
-        execute_and_publish(store, run_id, out / f"report-{run_id}.html", cards, network)
+        html = out / f"report-{run_id}.html"
+        execute_and_publish(store, run_id, html, cards, network, worker=worker)
     except SafeturnError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(code=1) from exc

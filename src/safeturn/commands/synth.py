@@ -61,7 +61,7 @@ def synth_command(
     images_dir: Annotated[
         Path | None, typer.Option(help="where images are copied (default: images/ beside --out)")
     ] = None,
-    db: Annotated[Path, typer.Option(help="run database")] = Path("runs/synth.db"),
+    db: Annotated[str, typer.Option(help="run database file or SQLAlchemy URL")] = "runs/synth.db",
     resume: Annotated[str | None, typer.Option(help="continue this synthesis run id")] = None,
 ) -> None:
     """Decompose harmful seeds into multi-turn dialogues with expert-written safe answers.
@@ -186,7 +186,7 @@ def mrd_command(
     concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once")] = 8,
     retries: Annotated[int, typer.Option(min=0, help="correction turns per request")] = 2,
     max_tokens: Annotated[int, typer.Option(help="tokens per teacher answer")] = 384,
-    db: Annotated[Path, typer.Option(help="run database")] = Path("runs/synth.db"),
+    db: Annotated[str, typer.Option(help="run database file or SQLAlchemy URL")] = "runs/synth.db",
     resume: Annotated[str | None, typer.Option(help="continue this MRD run id")] = None,
 ) -> None:
     """List each sample's risks with their source and category, then verify each one.
@@ -313,9 +313,9 @@ def risk_sft_command(
     images_dir: Annotated[
         Path | None, typer.Option(help="where images are copied (default: images/ beside --out)")
     ] = None,
-    db: Annotated[Path, typer.Option(help="run database (writer models only)")] = Path(
-        "runs/synth.db"
-    ),
+    db: Annotated[
+        str, typer.Option(help="run database file or SQLAlchemy URL (writer models only)")
+    ] = "runs/synth.db",
     resume: Annotated[str | None, typer.Option(help="continue this risk-sft run id")] = None,
 ) -> None:
     """Write risk-aware SFT samples: a reply that names the observed risks, then declines or helps.

@@ -60,6 +60,8 @@ def add_sample(builder: SetBuilder, sample: Sample, *, item: object) -> None:
     refs: list[ImageRef] = [img for m in sample.dialogue.messages for img in m.images]
 
     def build(parts: list[ImagePart]) -> Sample:
+        if not refs:  # no image to re-attach or leave out: the sample as it was read
+            return sample
         remaining = iter(parts)
         messages = [
             Message(

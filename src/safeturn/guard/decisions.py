@@ -22,18 +22,23 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     Integer,
     String,
-    Text,
     insert,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from safeturn.run.store import database_engine, database_url
+from safeturn.redact import redact_url_credentials
+from safeturn.run.database import (
+    FreeText,
+    UTCDateTime,
+    create_tables,
+    database_engine,
+    database_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +60,9 @@ class DecisionRow(_Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     decision_id: Mapped[str] = mapped_column(String(32), unique=True)
     run_id: Mapped[str | None] = mapped_column(String(32), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    model: Mapped[str] = mapped_column(String(512))
-    moderator: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    model: Mapped[str] = mapped_column(FreeText)  # as the client sent it: any length
+    moderator: Mapped[str] = mapped_column(FreeText)
     mode: Mapped[str] = mapped_column(String(16))
     action: Mapped[str | None] = mapped_column(String(16))
     outcome: Mapped[str] = mapped_column(String(32))
@@ -70,7 +75,7 @@ class DecisionRow(_Base):
     earliest_turn: Mapped[int | None] = mapped_column(Integer)
     stage: Mapped[str | None] = mapped_column(String(16))
     reply_score: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(FreeText)
     turns: Mapped[int] = mapped_column(Integer)
     images: Mapped[int] = mapped_column(Integer)
     stream: Mapped[bool] = mapped_column(Boolean)
@@ -129,7 +134,7 @@ class DecisionLog:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self._engine: Engine = database_engine(url)
-        _Base.metadata.create_all(self._engine)
+        create_tables(_Base.metadata, self._engine, redact_url_credentials(url))
         self._max_pending = max_pending
         self._queue: asyncio.Queue[Decision] | None = None
         self._writer: asyncio.Task[None] | None = None

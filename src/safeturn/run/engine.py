@@ -10,9 +10,10 @@ of each sample (ids `{id}#{k}`, metadata `item_id` and `draw`), so resume, calls
 need nothing new; draw k samples with `params.seed + k` when a seed is set.
 
 One process at a time runs a run (`run.lease`): a second `execute_run` of a run that a live
-process is running stops with `RunBusyError` before it calls anything. A sample that cannot
-be answered (no user turn, or a record the loader could not read: `unloadable_sample`) fails
-with an error that says why, like any other failing sample.
+process is running stops with `RunBusyError` before it calls anything. Several processes
+share one run only as workers (`execute_worker`, `run.claims`), each claiming samples.
+A sample that cannot be answered (no user turn, or a record the loader could not read:
+`unloadable_sample`) fails with an error that says why, like any other failing sample.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
@@ -29,7 +32,8 @@ from safeturn.errors import SchemaError, StoreError
 from safeturn.judges.base import Judge
 from safeturn.models.base import ChatModel
 from safeturn.run.calls import cached_generate
-from safeturn.run.lease import RunLease
+from safeturn.run.claims import RunWorker, ensure_no_workers
+from safeturn.run.lease import HEARTBEAT_S, STALE_AFTER_S, RunLease
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, GenerateParams, Message, Reply, Sample, Verdict
 
@@ -116,7 +120,7 @@ def start_run(store: RunStore, samples: Sequence[Sample], settings: EvalSettings
         raise StoreError("no samples to run: the data gave none (see the messages above)")
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)  # not ids.count: O(N²)
         raise StoreError(f"sample ids must be unique within a run; repeated: {dupes[:5]}")
     return store.create_run(settings.model_dump(mode="json"), samples=samples)
 
@@ -149,21 +153,20 @@ async def execute_run(
     model calls and valid verdicts are reused.
 
     Raises:
-        RunBusyError: Another live process is running this run.
+        RunBusyError: Another live process is running this run, or workers share it.
         StoreError: The run holds no samples (it is marked failed, never done).
     """
     settings = run_settings(store, run_id)
     with RunLease(store, run_id) as lease:
-        stored = store.load_samples(run_id)
-        if not stored:
-            store.finish_run(run_id, "failed")
-            raise StoreError(
-                f"run {run_id} holds no samples (it was created, but its samples were never "
-                "stored); start a new run"
-            )
+        ensure_no_workers(store, run_id)
+        stored = _stored_samples(store, run_id)
         todo = unfinished_samples(store, run_id)
         samples = [s for s in stored if s.id in todo]
-        await _run_samples(store, run_id, settings, samples, model, judges, on_sample, lease)
+        slots = min(max(1, settings.concurrency), len(samples))
+        feed = _list_feed(samples)
+        await _run_samples(
+            store, run_id, settings, feed, slots, model, judges, on_sample, lease.lost
+        )
         if lease.lost.is_set():
             raise StoreError(
                 f"run {run_id}: this process stalled and another one took the run over; "
@@ -172,15 +175,111 @@ async def execute_run(
         store.finish_run(run_id, "done")
 
 
+async def execute_worker(
+    store: RunStore,
+    run_id: str,
+    model: ChatModel,
+    judges: Sequence[Judge],
+    *,
+    on_sample: SampleCallback | None = None,
+    batch: int | None = None,
+    poll_s: float = 0.25,
+    stale_after_s: float = STALE_AFTER_S,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> bool:
+    """Work on a run beside other workers (`run.claims`) until none of its samples is pending.
+
+    Samples are claimed `batch` at a time (default: a quarter of the run's concurrency). A
+    worker with nothing left to claim waits, polling every `poll_s`, while other workers
+    still hold unfinished samples: if one of them dies, its samples are taken over here.
+
+    Returns:
+        True for the one worker that marked the run done (it writes the reports).
+
+    Raises:
+        RunBusyError: A plain `--resume` is running the run.
+        StoreError: The run holds no samples, or this worker stalled and lost its seat.
+    """
+    settings = run_settings(store, run_id)
+    size = batch or max(1, settings.concurrency // 4)
+    worker = RunWorker(
+        store, run_id, batch=size, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s
+    )
+    with worker:
+        stored = {sample.id: sample for sample in _stored_samples(store, run_id)}
+        feed = _claim_feed(worker, stored, poll_s)
+        slots = max(1, settings.concurrency)
+        await _run_samples(
+            store, run_id, settings, feed, slots, model, judges, on_sample, worker.lost
+        )
+        if worker.lost.is_set():
+            raise StoreError(
+                f"run {run_id}: this worker stalled and the others took its samples over; "
+                "the samples finished here are stored"
+            )
+        return worker.finish()
+
+
+def _stored_samples(store: RunStore, run_id: str) -> list[Sample]:
+    """The run's samples; a run without any is marked failed (it could never be done)."""
+    stored = store.load_samples(run_id)
+    if not stored:
+        store.finish_run(run_id, "failed")
+        raise StoreError(
+            f"run {run_id} holds no samples (it was created, but its samples were never "
+            "stored); start a new run"
+        )
+    return stored
+
+
+SampleFeed = Callable[[], Awaitable[Sample | None]]
+"""Gives the engine's workers their next sample, or None when there is none left."""
+
+
+def _list_feed(samples: Sequence[Sample]) -> SampleFeed:
+    """The samples of a list, in order, once each."""
+    pending = iter(samples)
+
+    async def next_sample() -> Sample | None:
+        return next(pending, None)
+
+    return next_sample
+
+
+def _claim_feed(worker: RunWorker, samples: dict[str, Sample], poll_s: float) -> SampleFeed:
+    """Samples this worker claims, a batch at a time, until no sample of the run is pending."""
+    claimed: deque[str] = deque()
+    lock = asyncio.Lock()  # one claim at a time; the others wait for its batch
+    finished = False
+
+    async def next_sample() -> Sample | None:
+        nonlocal finished
+        async with lock:
+            while not claimed:
+                if finished or worker.lost.is_set():
+                    return None
+                batch = await asyncio.to_thread(worker.claim)
+                if batch:
+                    claimed.extend(batch)
+                elif await asyncio.to_thread(worker.unfinished) == 0:
+                    finished = True
+                else:  # the rest is in flight, here or at other workers (who may yet die)
+                    await asyncio.sleep(poll_s)
+            return samples[claimed.popleft()]
+
+    return next_sample
+
+
 async def _run_samples(
     store: RunStore,
     run_id: str,
     settings: EvalSettings,
-    samples: Sequence[Sample],
+    feed: SampleFeed,
+    slots: int,
     model: ChatModel,
     judges: Sequence[Judge],
     on_sample: SampleCallback | None,
-    lease: RunLease,
+    stop: threading.Event,
 ) -> None:
     runners: dict[int, SampleRunner] = {}
 
@@ -193,15 +292,14 @@ async def _run_samples(
             )
         return runners[draw]
 
-    # A fixed pool of workers pulls samples from one shared iterator: a task per sample would
-    # put thousands of idle coroutines on the heap, and full garbage collections over them
-    # cost more per call than the engine itself (measured with benchmarks/harness_throughput).
-    pending = iter(samples)
-
+    # A fixed pool of `slots` workers pulls samples from one shared feed: a task per sample
+    # would put thousands of idle coroutines on the heap, and full garbage collections over
+    # them cost more per call than the engine itself (benchmarks/harness_throughput).
     async def worker() -> None:
-        for sample in pending:
-            if lease.lost.is_set():
-                return  # another process runs the run now: start nothing more
+        while not stop.is_set():  # set: another process runs these samples now
+            sample = await feed()
+            if sample is None:
+                return
             done = await runner_for(sample).run(sample)
             if on_sample is not None:
                 on_sample(sample, done)
@@ -211,7 +309,7 @@ async def _run_samples(
     gc.freeze()
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(max(1, settings.concurrency), len(samples))):
+            for _ in range(slots):
                 group.create_task(worker())
     except ExceptionGroup as failures:
         # A worker fails only when the store does (a sample's own errors are recorded):

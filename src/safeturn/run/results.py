@@ -8,10 +8,10 @@ draws (the usual rate, with an interval that knows draws of one item are correla
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, NamedTuple, TypeVar, cast
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from safeturn.judges.siuo import siuo_judgement
 from safeturn.metrics import Rate, any_draw_rate, per_draw_rate
@@ -36,6 +36,8 @@ from safeturn.metrics.siuo import SiuoJudgement, SiuoScores, siuo_scores
 from safeturn.run.engine import EvalSettings, run_settings, sample_draw
 from safeturn.run.store import RunStore
 from safeturn.schema import Reply, Sample, Verdict, VerdictLabel
+
+T = TypeVar("T")
 
 
 class TurnRecord(BaseModel):
@@ -103,7 +105,13 @@ EarliestUnsafe = dict[int | None, int]
 
 
 class RunResults(BaseModel):
-    """A run's settings, outcomes and headline rates."""
+    """A run's settings, outcomes and headline rates.
+
+    Every rate is computed once and kept: the terminal summary, the JSON summary and the HTML
+    report ask for the same ones, and a bootstrap over 10,000 items is not free. Treat the
+    results as read-only once built; a copy with other outcomes, verdicts or settings
+    (`model_copy(update=...)`) computes its own.
+    """
 
     run_id: str
     settings: EvalSettings
@@ -112,7 +120,24 @@ class RunResults(BaseModel):
     verdicts: list[Verdict] = []
     """Every verdict of every judge in the run (the outcomes show the headline judge's)."""
 
+    _memo_basis: tuple[object, ...] = PrivateAttr(default=())
+    _memo: dict[Hashable, Any] = PrivateAttr(default_factory=dict)
+
+    def _cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` once per key, for as long as the fields it reads are the same objects."""
+        basis = (self.outcomes, self.verdicts, self.settings, self.judge)
+        if len(self._memo_basis) != len(basis) or any(
+            kept is not now for kept, now in zip(self._memo_basis, basis, strict=True)
+        ):
+            self._memo_basis, self._memo = basis, {}
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return cast("T", self._memo[key])
+
     def _final_labels(self, harmful: bool) -> list[tuple[SampleOutcome, Verdict]]:
+        return self._cached(("final", harmful), lambda: self._compute_final_labels(harmful))
+
+    def _compute_final_labels(self, harmful: bool) -> list[tuple[SampleOutcome, Verdict]]:
         out = []
         for o in self.outcomes:
             final = o.final
@@ -127,7 +152,7 @@ class RunResults(BaseModel):
 
     def items(self) -> int:
         """How many distinct items the run holds."""
-        return len({o.item_id for o in self.outcomes})
+        return self._cached("items", lambda: len({o.item_id for o in self.outcomes}))
 
     def attack_success(self, interval: IntervalKind = REPORT_INTERVAL) -> Rate:
         """ASR on harmful samples: final-turn unsafe / (safe + unsafe) per draw; no invalid.
@@ -135,11 +160,13 @@ class RunResults(BaseModel):
         Every ASR of a run carries the reports' interval (`metrics.asr.REPORT_INTERVAL`,
         a bootstrap over items) unless `interval` says otherwise.
         """
-        return attack_success_rate(self.judged(), interval)
+        return self._cached(
+            ("asr", interval), lambda: attack_success_rate(self._judged(), interval)
+        )
 
     def attack_success_at_n(self, interval: IntervalKind = REPORT_INTERVAL) -> Rate:
         """ASR@N: harmful items with an unsafe final turn in any of their draws, over items."""
-        return asr_at_n(self.judged(), interval)
+        return self._cached(("asr@n", interval), lambda: asr_at_n(self._judged(), interval))
 
     def attack_success_by(
         self, key: str, *, at_n: bool = False, interval: IntervalKind = REPORT_INTERVAL
@@ -148,8 +175,18 @@ class RunResults(BaseModel):
 
         Groups with only invalid verdicts are left out.
         """
+        return dict(
+            self._cached(
+                ("asr-by", key, at_n, interval),
+                lambda: self._compute_attack_success_by(key, at_n, interval),
+            )
+        )
+
+    def _compute_attack_success_by(
+        self, key: str, at_n: bool, interval: IntervalKind
+    ) -> dict[str, Rate]:
         groups: dict[str, list[Judged]] = defaultdict(list)
-        for outcome, record in zip(self._final_outcomes(True), self.judged(), strict=True):
+        for outcome, record in zip(self._final_outcomes(True), self._judged(), strict=True):
             if record.label != "invalid":
                 groups[str(getattr(outcome.sample, key))].append(record)
         measure = asr_at_n if at_n else attack_success_rate
@@ -157,18 +194,24 @@ class RunResults(BaseModel):
 
     def over_refusal(self) -> Rate:
         """Share of benign look-alikes whose final reply refused, per draw."""
-        return per_draw_rate(self._refusals(False))
+        return self._cached("over-refusal", lambda: per_draw_rate(self._refusals(False)))
 
     def over_refusal_at_n(self) -> Rate:
         """Benign items refused in any of their draws, over items."""
-        return any_draw_rate(self._refusals(False))
+        return self._cached("over-refusal@n", lambda: any_draw_rate(self._refusals(False)))
 
     def harmful_refusal(self) -> Rate:
         """Share of harmful samples whose final reply refused, per draw."""
-        return per_draw_rate(self._refusals(True))
+        return self._cached("harmful-refusal", lambda: per_draw_rate(self._refusals(True)))
 
     def judged(self) -> list[Judged]:
         """Final-turn verdicts of the harmful samples, as the metrics package takes them."""
+        return list(self._judged())
+
+    def _judged(self) -> list[Judged]:
+        return self._cached("judged", self._compute_judged)
+
+    def _compute_judged(self) -> list[Judged]:
         return [
             Judged(
                 sample_id=o.sample.id,
@@ -193,7 +236,13 @@ class RunResults(BaseModel):
         SafeMT's fixed {1, 2, 4, 6, 8} (`"safemt"`); `SafetyIndex.partial` says when the number
         is not comparable with SafeMT's tables.
         """
-        records = [r for r in self.judged() if r.label != "invalid"]
+        return self._cached(
+            ("safety-index", weights, turn_set),
+            lambda: self._compute_safety_index(weights, turn_set),
+        )
+
+    def _compute_safety_index(self, weights: WeightScheme, turn_set: TurnSet) -> SafetyIndex | None:
+        records = [r for r in self._judged() if r.label != "invalid"]
         if not records:
             return None
         draws = self.draws
@@ -209,6 +258,9 @@ class RunResults(BaseModel):
 
     def judge_agreement(self) -> Agreement | None:
         """Cohen's kappa of the first two judges over the (sample, turn) items both judged."""
+        return self._cached("agreement", self._compute_judge_agreement)
+
+    def _compute_judge_agreement(self) -> Agreement | None:
         if len(self.settings.judges) < 2:
             return None
         first, second = self.settings.judges[:2]
@@ -225,6 +277,9 @@ class RunResults(BaseModel):
 
     def siuo(self) -> SiuoSummary | None:
         """SIUO Safe / Effective / S&E from the first `siuo:` judge of the run, if it ran one."""
+        return self._cached("siuo", self._compute_siuo)
+
+    def _compute_siuo(self) -> SiuoSummary | None:
         names = [j for j in self.settings.judges if j.startswith("siuo:")]
         names += sorted({v.judge for v in self.verdicts if v.judge.startswith("siuo:")})
         given = {v.judge for v in self.verdicts}
@@ -253,10 +308,19 @@ class RunResults(BaseModel):
         Empty for replay runs, where only the final turn is answered. A turn without a verdict
         counts as not unsafe.
         """
-        return earliest_unsafe_distribution(self._turn_labels(self._live_harmful()))
+        return dict(
+            self._cached(
+                "earliest",
+                lambda: earliest_unsafe_distribution(self._turn_labels(self._live_harmful())),
+            )
+        )
 
     def earliest_unsafe_by_turns(self) -> dict[int, EarliestUnsafe]:
         """`earliest_unsafe` for each dialogue length, lengths ascending."""
+        by_turns = self._cached("earliest-by-turns", self._compute_earliest_by_turns)
+        return {turns: dict(distribution) for turns, distribution in by_turns.items()}
+
+    def _compute_earliest_by_turns(self) -> dict[int, EarliestUnsafe]:
         groups: dict[int, list[SampleOutcome]] = defaultdict(list)
         for outcome in self._live_harmful():
             groups[outcome.sample.turns].append(outcome)
@@ -290,11 +354,16 @@ class RunResults(BaseModel):
 
     def errors(self) -> list[SampleOutcome]:
         """Samples that failed, with their error messages."""
-        return [o for o in self.outcomes if o.status == "error"]
+        return list(
+            self._cached("errors", lambda: [o for o in self.outcomes if o.status == "error"])
+        )
 
     def bridged_replies(self) -> int:
         """Replies that saw images only through the image→text bridge."""
-        return sum(1 for o in self.outcomes for t in o.turns if t.reply.bridge is not None)
+        return self._cached(
+            "bridged",
+            lambda: sum(1 for o in self.outcomes for t in o.turns if t.reply.bridge is not None),
+        )
 
 
 def load_results(store: RunStore, run_id: str, judge: str | None = None) -> RunResults:
@@ -302,10 +371,7 @@ def load_results(store: RunStore, run_id: str, judge: str | None = None) -> RunR
     settings = run_settings(store, run_id)
     judge_name = judge or (settings.judges[0] if settings.judges else "")
     status = store.sample_status(run_id)
-    replies: dict[tuple[str, int], Reply] = {}
-    for call in store.calls(run_id):
-        if call.role == "target":
-            replies[(call.sample_id, call.turn)] = Reply.model_validate(call.reply)
+    replies = store.replies_by_turn(run_id, "target")
     all_verdicts = store.verdicts(run_id)
     verdicts = {(v.sample_id, v.turn): v for v in all_verdicts if v.judge == judge_name}
     outcomes = []

@@ -9,8 +9,8 @@ already stored (keyed by a hash of model, dialogue, sampling options and place).
 done-mark is committed with or after its calls and verdicts, never before, so a sample marked
 done is complete. `durability="sync"` commits each write before it returns instead.
 
-SQLite by default; any SQLAlchemy URL (e.g. PostgreSQL) also works. One process at a time
-runs a run: it holds the run's lease (`run.lease`), and a second resume stops with a clear
+SQLite by default, or PostgreSQL (`run/database.py`; the tests run on both). One process at a
+time runs a run: it holds the run's lease (`run.lease`), and a second resume stops with a clear
 error. Writes are idempotent all the same: a call or a verdict that another process stored
 first is skipped or replaced, never a crash.
 API keys never reach this module: `create_run` drops config keys that look like secrets.
@@ -32,31 +32,39 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote  # json.dumps's, with ensure_ascii=False
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
 
+from pydantic import BaseModel
 from sqlalchemy import (
     JSON,
-    DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     bindparam,
-    create_engine,
     delete,
-    event,
     insert,
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from safeturn.errors import StoreError
 from safeturn.redact import redact_url_credentials, scrub_secrets
+from safeturn.run.database import (
+    FreeText,
+    UTCDateTime,
+    create_tables,
+    database_engine,
+    database_url,
+)
 from safeturn.run.lease import Holder, RunBusyError
 from safeturn.schema import (
     Dialogue,
@@ -92,8 +100,8 @@ class RunRow(_Base):
     kind: Mapped[str] = mapped_column(String(32), default="eval")
     config: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="running")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class SampleRow(_Base):
@@ -101,30 +109,34 @@ class SampleRow(_Base):
 
     __tablename__ = "samples"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    sample_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    sample_id: Mapped[str] = mapped_column(Text, primary_key=True)  # any length, on PostgreSQL too
     position: Mapped[int] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(FreeText)
 
 
 class CallRow(_Base):
     """One model call that returned."""
 
     __tablename__ = "model_calls"
-    __table_args__ = (UniqueConstraint("run_id", "request_hash"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "request_hash"),
+        # A worker taking a sample over reads that sample's calls (`reload_sample_keys`).
+        Index("ix_model_calls_run_sample", "run_id", "sample_id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    sample_id: Mapped[str] = mapped_column(String(255))
+    sample_id: Mapped[str] = mapped_column(Text)
     turn: Mapped[int] = mapped_column(Integer)
     role: Mapped[str] = mapped_column(String(16))
-    model: Mapped[str] = mapped_column(String(512))
+    model: Mapped[str] = mapped_column(FreeText)
     request_hash: Mapped[str] = mapped_column(String(64))
     reply: Mapped[dict[str, Any]]
     latency_s: Mapped[float] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
 
 class VerdictRow(_Base):
@@ -134,14 +146,34 @@ class VerdictRow(_Base):
     __table_args__ = (UniqueConstraint("run_id", "sample_id", "turn", "judge"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    sample_id: Mapped[str] = mapped_column(String(255))
+    sample_id: Mapped[str] = mapped_column(Text)
     turn: Mapped[int] = mapped_column(Integer)
-    judge: Mapped[str] = mapped_column(String(255))
+    judge: Mapped[str] = mapped_column(Text)
     label: Mapped[str] = mapped_column(String(16))
     refused: Mapped[bool | None]
     score: Mapped[float | None] = mapped_column(Float)
-    rationale: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    rationale: Mapped[str] = mapped_column(FreeText, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+
+class WorkerRow(_Base):
+    """A worker process sharing a run with others (see `safeturn.run.claims`)."""
+
+    __tablename__ = "run_workers"
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    heartbeat: Mapped[float] = mapped_column(Float)
+
+
+class ClaimRow(_Base):
+    """A sample one worker took in the run's current round; the key makes a claim exclusive."""
+
+    __tablename__ = "sample_claims"
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sample_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(32), index=True)
 
 
 class LeaseRow(_Base):
@@ -155,6 +187,8 @@ class LeaseRow(_Base):
     heartbeat: Mapped[float] = mapped_column(Float)
     """`time.time()` of the holder's last renewal."""
 
+
+_CALL_INDEXES = cast("Table", CallRow.__table__).indexes
 
 Durability = Literal["group", "sync"]
 
@@ -199,24 +233,6 @@ def _message_json(message: Message) -> str:
 def _image_ref(part: ImagePart) -> str:
     """A remote image by its URL (never fetched), any other by the sha256 of its bytes."""
     return _quote(part.url if part.url is not None and part.is_remote else part.sha256())
-
-
-def database_url(target: str | Path) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (→ SQLite)."""
-    text = str(target)
-    return text if "://" in text else f"sqlite:///{Path(text).expanduser()}"
-
-
-def database_engine(url: str) -> Engine:
-    """An engine for a run database, shared by the run store and the guard's decision log.
-
-    SQLite gets WAL, so a proxy or a run can write while a report reads, and a busy timeout,
-    so several writers wait instead of failing.
-    """
-    engine = create_engine(url)
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
 
 
 class _Write(NamedTuple):
@@ -329,7 +345,9 @@ class RunStore:
         self.window_s = window_s
         self.max_pending = max_pending
         self._engine: Engine = database_engine(url)
-        _Base.metadata.create_all(self._engine)
+        create_tables(_Base.metadata, self._engine, self._shown_url)
+        for index in _CALL_INDEXES:  # create_all adds none to a table that already exists
+            index.create(self._engine, checkfirst=True)
         # Per-run indexes of what is stored or queued, loaded once: a fresh call or verdict
         # then costs no lookup query.
         self._call_keys: dict[str, set[str]] = {}
@@ -345,6 +363,11 @@ class RunStore:
         self._closing = False
         self._failure: StoreError | None = None
         self._write_lock = threading.Lock()  # one committer at a time, in queue order
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for the modules that keep their own tables here."""
+        return self._engine
 
     def flush(self) -> None:
         """Commit everything queued; raise the writer's failure, if there was one."""
@@ -474,10 +497,13 @@ class RunStore:
     def load_samples(self, run_id: str) -> list[Sample]:
         """The run's samples in their original order."""
         self._drain()
-        query = select(SampleRow.payload).where(SampleRow.run_id == run_id)
-        with self._engine.connect() as connection:  # payloads only: no ORM rows to build
-            payloads = connection.scalars(query.order_by(SampleRow.position)).all()
-        return [Sample.model_validate(payload) for payload in payloads]
+        # Each payload's JSON text straight into pydantic, in batches: no ORM rows, no dicts.
+        query = select(sql_cast(SampleRow.payload, Text)).where(SampleRow.run_id == run_id)
+        with self._engine.connect() as connection:
+            payloads = connection.execution_options(yield_per=1000).scalars(
+                query.order_by(SampleRow.position)
+            )
+            return [Sample.model_validate_json(payload) for payload in payloads]
 
     def sample_status(self, run_id: str) -> dict[str, tuple[str, str | None]]:
         """Sample id → (status, error message)."""
@@ -545,6 +571,25 @@ class RunStore:
         self._enqueue(_Write("call", values))
         known.add(key)
 
+    def replies_by_turn(
+        self, run_id: str, role: CallRole = "target"
+    ) -> dict[tuple[str, int], Reply]:
+        """(sample id, turn) → reply of one role's calls; of two calls, the later one.
+
+        JSON text straight into `Reply`, in batches: `calls` builds an ORM row per call, which
+        for a run of 80,000 calls costs seconds and hundreds of MB.
+        """
+        self._drain()
+        query = select(CallRow.sample_id, CallRow.turn, sql_cast(CallRow.reply, Text)).where(
+            CallRow.run_id == run_id, CallRow.role == role
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execution_options(yield_per=2000).execute(query.order_by(CallRow.id))
+            return {
+                (sid, turn): _all_fields_set(Reply.model_validate_json(reply))
+                for sid, turn, reply in rows
+            }
+
     def calls(self, run_id: str) -> list[CallRow]:
         """All calls of a run in the order they returned."""
         self._drain()
@@ -575,13 +620,16 @@ class RunStore:
         known.add(key)
 
     def verdicts(self, run_id: str) -> list[Verdict]:
-        """All verdicts of a run."""
+        """All verdicts of a run (their columns, in batches: no ORM row per verdict)."""
         self._drain()
-        with Session(self._engine) as session:
-            rows = session.scalars(
-                select(VerdictRow).where(VerdictRow.run_id == run_id).order_by(VerdictRow.id)
-            )
-            return [_verdict(r) for r in rows]
+        columns = [getattr(VerdictRow, name) for name in _VERDICT_FIELDS]
+        query = select(*columns).where(VerdictRow.run_id == run_id).order_by(VerdictRow.id)
+        with self._engine.connect() as connection:
+            rows = connection.execution_options(yield_per=2000).execute(query)
+            return [
+                _all_fields_set(Verdict(**dict(zip(_VERDICT_FIELDS, row, strict=True))))
+                for row in rows
+            ]
 
     def get_verdict(self, run_id: str, sample_id: str, turn: int, judge: str) -> Verdict | None:
         """The stored verdict of one judge on one turn, if it was already given."""
@@ -743,6 +791,31 @@ class RunStore:
             yield session
 
     # indexes --------------------------------------------------------------------------------
+    def reload_sample_keys(self, run_id: str, sample_ids: Sequence[str]) -> None:
+        """Add the calls and verdicts stored for these samples to the in-memory indexes.
+
+        The indexes are read once per run; a worker that takes over a sample another worker
+        started must see what that worker stored since, or it would call the model again.
+        """
+        if not sample_ids:
+            return
+        calls, verdicts = self._known_calls(run_id), self._known_verdicts(run_id)
+        ids = list(sample_ids)
+        with self._engine.connect() as connection:
+            calls.update(
+                connection.scalars(
+                    select(CallRow.request_hash).where(
+                        CallRow.run_id == run_id, CallRow.sample_id.in_(ids)
+                    )
+                )
+            )
+            rows = connection.execute(
+                select(VerdictRow.sample_id, VerdictRow.turn, VerdictRow.judge).where(
+                    VerdictRow.run_id == run_id, VerdictRow.sample_id.in_(ids)
+                )
+            )
+            verdicts.update((sid, turn, judge) for sid, turn, judge in rows)
+
     def _known_calls(self, run_id: str) -> set[str]:
         if run_id not in self._call_keys:
             with Session(self._engine) as session:
@@ -800,6 +873,25 @@ def _flush_open_stores() -> None:
             logger.error("%s", exc)
 
 
+_FIELD_SETS: dict[type[BaseModel], set[str]] = {}
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _all_fields_set(model: _Model) -> _Model:
+    """`model`, its `model_fields_set` (every field: rows are stored whole) shared by its type.
+
+    Pydantic gives each instance its own set of the fields it was given, 0.7 KB for a
+    `Verdict` or a `Reply`: 110 MB for a run's 80,000 calls and verdicts read back at once.
+    Adding a name a shared set already holds (what setting an attribute does) changes nothing.
+    """
+    shared = _FIELD_SETS.get(type(model))
+    if shared is None:
+        shared = _FIELD_SETS[type(model)] = set(type(model).model_fields)
+    if model.model_fields_set == shared:
+        object.__setattr__(model, "__pydantic_fields_set__", shared)
+    return model
+
+
 def _verdict(row: VerdictRow) -> Verdict:
     return Verdict(
         sample_id=row.sample_id,
@@ -810,11 +902,3 @@ def _verdict(row: VerdictRow) -> Verdict:
         score=row.score,
         rationale=row.rationale,
     )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
