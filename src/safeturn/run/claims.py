@@ -40,6 +40,7 @@ from sqlalchemy.sql.dml import Insert
 from safeturn.run.lease import (
     HEARTBEAT_S,
     STALE_AFTER_S,
+    Heartbeat,
     Holder,
     RunBusyError,
     RunLease,
@@ -115,8 +116,7 @@ class RunWorker:
         """Whether this worker started the round (it found no live worker)."""
         self._handed_out: set[str] = set()
         """Samples already given to the engine (a worker's claims are read back whole)."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
         self._postgres = store.engine.dialect.name == "postgresql"
 
     # joining and leaving --------------------------------------------------------------------
@@ -132,10 +132,8 @@ class RunWorker:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self._thread = threading.Thread(
-            target=self._beat, name=f"safeturn-worker-{self.run_id}", daemon=True
-        )
-        self._thread.start()
+        self._heartbeat = Heartbeat(self.renew, self.heartbeat_s, f"safeturn-worker-{self.run_id}")
+        self._heartbeat.start()
         return self
 
     def __exit__(
@@ -144,9 +142,8 @@ class RunWorker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         with _LOCK:
             _LIVE.discard(self.token)
         self.store.flush()  # this worker's done-marks first, or its claims would be freed
@@ -175,14 +172,6 @@ class RunWorker:
         if renewed.rowcount != 1:
             self.lost.set()
         return not self.lost.is_set()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                if not self.renew():
-                    return
-            except Exception:  # a database hiccup: try again at the next beat
-                continue
 
     # claiming -------------------------------------------------------------------------------
     def claim(self) -> list[str]:

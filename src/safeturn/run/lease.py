@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
@@ -83,6 +84,37 @@ def pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+class Heartbeat:
+    """A daemon thread that calls `renew` every `interval_s` until stopped or it returns False.
+
+    A renewal that raises (a database hiccup) is tried again at the next beat.
+    """
+
+    def __init__(self, renew: Callable[[], bool], interval_s: float, name: str) -> None:
+        self._renew = renew
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread to end."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                if not self._renew():
+                    return
+            except Exception:
+                continue
+
+
 class RunLease:
     """Hold a run's lease for a `with` block; a heartbeat thread renews it.
 
@@ -105,8 +137,7 @@ class RunLease:
         self.heartbeat_s = heartbeat_s
         self.token = uuid.uuid4().hex
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
         self._key = (store.url, run_id)
         self._outer: RunLease | None = None
 
@@ -126,10 +157,8 @@ class RunLease:
         )
         with _LOCK:
             _HELD[self._key] = (self, 1)
-        self._thread = threading.Thread(
-            target=self._beat, name=f"safeturn-lease-{self.run_id}", daemon=True
-        )
-        self._thread.start()
+        self._heartbeat = Heartbeat(self._renew, self.heartbeat_s, f"safeturn-lease-{self.run_id}")
+        self._heartbeat.start()
         return self
 
     def __exit__(
@@ -144,9 +173,8 @@ class RunLease:
                 _HELD[self._key] = (lease, count - 1)
                 return
             del _HELD[self._key]
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         try:
             self.store.release_lease(self.run_id, self.token)
         except Exception as exc:  # never hide the error the block ended with
@@ -154,14 +182,11 @@ class RunLease:
                 "run %s: could not release its lease (%s); it goes stale", self.run_id, exc
             )
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                if not self.store.renew_lease(self.run_id, self.token):
-                    self.lost.set()
-                    return
-            except Exception:  # a database hiccup: try again at the next beat
-                continue
+    def _renew(self) -> bool:
+        if self.store.renew_lease(self.run_id, self.token):
+            return True
+        self.lost.set()
+        return False
 
 
 _LOCK = threading.Lock()
