@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from safeturn.commands._running import bulk_objects
-from safeturn.run.engine import EvalSettings
+from safeturn.run.engine import EvalSettings, bulk_objects
 from safeturn.run.results import RunResults, SampleOutcome, TurnRecord
 from safeturn.schema import Dialogue, Message, Reply, Sample, Verdict, VerdictLabel
 

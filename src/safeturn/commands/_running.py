@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NamedTuple
 
@@ -122,34 +120,13 @@ def execute_and_publish(
             f"(or: safeturn report {run_id})"
         )
         return None
+    from safeturn.run.engine import bulk_objects
     from safeturn.run.results import load_results
 
     with bulk_objects():
         results = load_results(store, run_id)
         publish(results, html, cards)
     return results
-
-
-@contextlib.contextmanager
-def bulk_objects() -> Iterator[None]:
-    """No automatic garbage collection while a command builds many objects that it keeps.
-
-    Loading 10,000 samples or reading a run's 80,000 calls back makes hundreds of thousands of
-    objects that live until the command ends, and each full collection walks all of them
-    again: that cost more than building them (10,000 samples validate in 0.5 s without, 1.7 s
-    with). These phases make few reference cycles. What they kept is then frozen (`gc.freeze`,
-    undone by the engine's `gc.unfreeze` after a run), or the first collection after them would
-    walk it all at once (0.3 s after loading 10,000 samples); the collector is back on after.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def execute(

@@ -15,14 +15,19 @@ from safeturn.commands._running import (
     Network,
     RetriesOption,
     TimeoutOption,
-    bulk_objects,
     execute_and_publish,
 )
 from safeturn.errors import SafeturnError
 from safeturn.judges.card import load_cards
 from safeturn.models.spec import check_model_spec
 from safeturn.redact import redact_url_credentials
-from safeturn.run.engine import EvalSettings, run_settings, start_run, unloadable_sample
+from safeturn.run.engine import (
+    EvalSettings,
+    bulk_objects,
+    run_settings,
+    start_run,
+    unloadable_sample,
+)
 from safeturn.run.store import RunStore
 from safeturn.schema import GenerateParams, Sample
 

@@ -29,8 +29,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
-import numpy as np
-
 from safeturn.metrics.asr import Judged
 
 WeightScheme = Literal["exp", "uniform"]
@@ -155,7 +153,8 @@ def seed_instability(indicators: Mapping[int, bool]) -> float:
     if True not in ordered:
         return 0.0
     tail = ordered[ordered.index(True) :]
-    return float(np.std(np.asarray(tail, dtype=np.float64)))
+    share = sum(tail) / len(tail)  # the std of 0/1 values is sqrt(p(1-p)); np.std costs 20 µs
+    return math.sqrt(share * (1.0 - share))
 
 
 def safety_index(

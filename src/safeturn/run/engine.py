@@ -19,11 +19,12 @@ A sample that cannot be answered (no user turn, or a record the loader could not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import threading
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
@@ -159,7 +160,8 @@ async def execute_run(
     settings = run_settings(store, run_id)
     with RunLease(store, run_id) as lease:
         ensure_no_workers(store, run_id)
-        stored = _stored_samples(store, run_id)
+        with bulk_objects():  # kept for the run: see bulk_objects
+            stored = _stored_samples(store, run_id)
         todo = unfinished_samples(store, run_id)
         samples = [s for s in stored if s.id in todo]
         slots = min(max(1, settings.concurrency), len(samples))
@@ -206,7 +208,8 @@ async def execute_worker(
         store, run_id, batch=size, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s
     )
     with worker:
-        stored = {sample.id: sample for sample in _stored_samples(store, run_id)}
+        with bulk_objects():
+            stored = {sample.id: sample for sample in _stored_samples(store, run_id)}
         feed = _claim_feed(worker, stored, poll_s)
         slots = max(1, settings.concurrency)
         await _run_samples(
@@ -230,6 +233,28 @@ def _stored_samples(store: RunStore, run_id: str) -> list[Sample]:
             "stored); start a new run"
         )
     return stored
+
+
+@contextlib.contextmanager
+def bulk_objects() -> Iterator[None]:
+    """No automatic garbage collection while a command builds many objects that it keeps.
+
+    Loading 10,000 samples or reading a run's 80,000 calls back makes hundreds of thousands of
+    objects that live until the command ends, and each full collection walks all of them
+    again: that cost more than building them (10,000 samples validate in 0.5 s without, 1.7 s
+    with). These phases make few reference cycles. What they kept is then frozen (`gc.freeze`,
+    undone by the engine's `gc.unfreeze` after a run), or the first collection after them would
+    walk it all at once (0.3 s after loading 10,000 samples); the collector is back on after.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 SampleFeed = Callable[[], Awaitable[Sample | None]]
