@@ -146,9 +146,11 @@ class RunWorker:
             self._heartbeat.stop()
         with _LOCK:
             _LIVE.discard(self.token)
-        self.store.flush()  # this worker's done-marks first, or its claims would be freed
-        with self.store.engine.begin() as connection:
-            _purge(connection, self.run_id, [self.token])
+        try:
+            self.store.flush()  # its done-marks first: a claim on a pending sample is freed
+        finally:  # even when the flush fails: what is still pending is free for the others
+            with self.store.engine.begin() as connection:
+                _purge(connection, self.run_id, [self.token])
 
     def _join(self) -> None:
         """Under the run's lease: drop dead workers, start a round if none is live, sit down."""
