@@ -94,8 +94,10 @@ def test_a_failed_sample_waits_for_the_next_round(store: RunStore) -> None:
         store.mark_sample(run_id, "s2", "done")
         assert worker.claim() == [], "no retry within the round"
         assert worker.unfinished() == 0
+        assert worker.finish() and not worker.finish(), "the run is marked done once"
     with RunWorker(store, run_id, batch=10) as next_round:
         assert next_round.new_round
+        assert store.get_run(run_id).status == "running", "its ender will write the report"
         assert sorted(next_round.claim()) == ["s0", "s2"], "the failed one and the invalid one"
 
 

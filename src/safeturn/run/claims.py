@@ -282,8 +282,15 @@ def _purge(connection: Connection, run_id: str, tokens: Sequence[str]) -> None:
 
 
 def _start_round(connection: Connection, run_id: str) -> None:
-    """Clear the claims; failed samples and samples with `invalid` verdicts are pending again."""
+    """Clear the claims; failed samples and samples with `invalid` verdicts are pending again.
+
+    The run is running again too, so that the worker that ends this round is the one that
+    marks it done and writes its report.
+    """
     connection.execute(delete(ClaimRow).where(ClaimRow.run_id == run_id))
+    connection.execute(
+        update(RunRow).where(RunRow.id == run_id).values(status="running", finished_at=None)
+    )
     invalid = select(VerdictRow.sample_id).where(
         VerdictRow.run_id == run_id, VerdictRow.label == "invalid"
     )
