@@ -74,19 +74,30 @@ def load_hh_rlhf(
     """Load hh-rlhf harmless-base red-teaming conversations (see the module docstring)."""
     builder = SetBuilder("hh-rlhf", text_only=text_only, limit=limit)
     builder.use(path if path.is_file() else path / "harmless-base-test.jsonl.gz", root)
-    for number, record in _lines(path, "*.jsonl*"):
+    return _load_lines(builder, path, "*.jsonl*", "hh-rlhf-", _add_hh)
+
+
+def _load_lines(
+    builder: SetBuilder,
+    path: Path,
+    pattern: str,
+    item_prefix: str,
+    add: Callable[[SetBuilder, int, Any], None],
+) -> LoadedSet:
+    """Add each line's sample with `add`; a bad line (bad JSON too) fails alone, by number."""
+    for number, record in _lines(path, pattern):
         if builder.full:
             break
-        with builder.one_item(f"hh-rlhf-{number}"):
-            _add_hh(builder, number, record)
+        with builder.one_item(f"{item_prefix}{number}"):
+            if isinstance(record, SchemaError):
+                raise record
+            add(builder, number, record)
     return builder.finish()
 
 
 def _add_hh(builder: SetBuilder, number: int, record: Any) -> None:
-    """Add the sample of one hh-rlhf line, or raise a `SchemaError` naming the line."""
+    """Add the sample of one parsed hh-rlhf line, or raise a `SchemaError` naming the line."""
     where = builder.where(f"line {number}")
-    if isinstance(record, SchemaError):
-        raise record
     if not isinstance(record, dict) or not isinstance(record.get("chosen"), str):
         raise SchemaError(f"{where}: expected an object with a string 'chosen'")
     try:
@@ -130,19 +141,12 @@ def load_mtbench101(
     """Load MT-Bench-101 dialogues (benign, 2–7 user turns; see the module docstring)."""
     builder = SetBuilder("mtbench101", text_only=text_only, limit=limit)
     builder.use(path if path.is_file() else path / "mtbench101_train_tasks.jsonl", root)
-    for number, record in _lines(path, "*.jsonl"):
-        if builder.full:
-            break
-        with builder.one_item(f"mtbench101-line-{number}"):
-            _add_mtbench(builder, number, record)
-    return builder.finish()
+    return _load_lines(builder, path, "*.jsonl", "mtbench101-line-", _add_mtbench)
 
 
 def _add_mtbench(builder: SetBuilder, number: int, record: Any) -> None:
-    """Add the sample of one MT-Bench-101 line, or raise a `SchemaError` naming the line."""
+    """Add the sample of one parsed MT-Bench-101 line, or raise a `SchemaError` naming it."""
     where = builder.where(f"line {number}")
-    if isinstance(record, SchemaError):
-        raise record
     history = record.get("history") if isinstance(record, dict) else None
     if not isinstance(history, list) or not history:
         raise SchemaError(f"{where}: expected a non-empty 'history' list")
