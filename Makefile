@@ -1,10 +1,12 @@
 # Two commands do all set-up: `make demo` and `make test`.
+# `make test`: lint, types and the fast tests (no `slow` marker, doctests included);
+# `make test-all` (what `.ci/run` runs): the same with every slow test too.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest install clean
+.PHONY: demo test test-all lint typecheck pytest pytest-all install clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -36,9 +38,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+pytest-all: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+test-all: lint typecheck pytest-all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

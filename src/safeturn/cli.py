@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.commands._lazy import LazyCommand, LazyGroup, Loader
 from safeturn.commands._running import (
     JudgeCardOption,
@@ -32,14 +33,13 @@ from safeturn.redact import redact_url_credentials
 from safeturn.schema import Dialogue, GenerateParams, ImagePart, Message, Sample, read_jsonl
 
 if TYPE_CHECKING:  # the run database and reports are imported by the commands that use them
-    from safeturn.judges.pairwise import PairVerdict
     from safeturn.report.compare import PairwiseReport
     from safeturn.run.results import RunResults
     from safeturn.run.store import RunStore
 
 
-class _Commands(LazyGroup):
-    """`safeturn`'s sub-commands from other modules, imported when used (see `_lazy`)."""
+class _Commands(LazyGroup, ErrorReportingGroup):
+    """`safeturn`'s sub-commands, imported when used (`_lazy`); errors reported once (`_errors`)."""
 
     lazy: ClassVar[dict[str, LazyCommand]] = {}  # filled at the end of this module
 
@@ -52,7 +52,6 @@ app = typer.Typer(
     cls=_Commands,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 # The interpreter's last collections walk every object still alive before the process frees
 # them all anyway; frozen, they are skipped (0.3 s of the exit after a 1,000-dialogue eval).
@@ -67,19 +66,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     )
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    return typer.Exit(code=1)
-
-
 def _open_store(db: str) -> RunStore:
     """The run database (a str, not a Path: a Path would turn `postgresql://` into `:/`)."""
     from safeturn.run.store import RunStore
 
-    try:
-        return RunStore(db)
-    except SafeturnError as exc:  # no driver, a server that cannot be reached
-        raise _fail(exc) from exc
+    return RunStore(db)  # no driver, a server that cannot be reached: a SafeturnError
 
 
 @app.command()
@@ -91,8 +82,8 @@ def models() -> None:
     table.add_column("backend")
     table.add_column("example spec")
     table.add_column("what it is")
-    for info in BACKENDS:
-        table.add_row(escape(info.prefix), escape(info.example), escape(info.summary))
+    for entry in BACKENDS.entries():  # generated: a backend added in one file shows here
+        table.add_row(escape(entry.name), escape(entry.example), escape(entry.summary))
     console.print(table)
     try:
         where = str(find_embedded_gguf())
@@ -120,17 +111,14 @@ def chat(
 ) -> None:
     """Talk to a model: interactively, one message, or every dialogue of a JSONL file."""
     params = GenerateParams(max_tokens=max_tokens, temperature=temperature)
-    try:
-        model = load_model(spec, timeout_s=timeout, max_retries=retries)
-        if file is not None:
-            asyncio.run(_answer_file(model, read_jsonl(file), params))
-            return
-        images = [ImagePart(path=str(p.resolve())) for p in image or []]
-        for given, picture in zip(image or [], images, strict=True):
-            picture.load(label=f"--image {given}")
-        asyncio.run(_chat_loop(model, images, message, params))
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
+    model = load_model(spec, timeout_s=timeout, max_retries=retries)
+    if file is not None:
+        asyncio.run(_answer_file(model, read_jsonl(file), params))
+        return
+    images = [ImagePart(path=str(p.resolve())) for p in image or []]
+    for given, picture in zip(image or [], images, strict=True):
+        picture.load(label=f"--image {given}")
+    asyncio.run(_chat_loop(model, images, message, params))
 
 
 async def _answer_file(model: ChatModel, samples: Iterable[Sample], params: GenerateParams) -> None:
@@ -223,8 +211,6 @@ def demo(
         else:
             run_id = resume
         execute_and_publish(store, run_id, out / "report.html")
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
     finally:
         store.close()
 
@@ -270,8 +256,6 @@ def report(
     try:
         cards = load_cards(judge_card or [])
         results = load_results(store, run_id)
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
     finally:
         store.close()
     publish(results, out or Path(f"runs/report-{run_id}.html"), cards)
@@ -313,18 +297,13 @@ def compare(
     try:
         cards = load_cards(judge_card or [])
         runs = [load_results(store, run_id) for run_id in run_ids]
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
     finally:
         store.close()
     for warning in unmatched_cards(cards, [r.judge for r in runs]):
         console.print(f"warning: {warning}", style="yellow", markup=False)
     print_comparison(runs, console, cards)
     if pairwise is not None:
-        try:
-            report = _pairwise(runs[0], runs[1], pairwise, concurrency)
-        except SafeturnError as exc:
-            raise _fail(exc) from exc
+        report = _pairwise(runs[0], runs[1], pairwise, concurrency)
         print_pairwise(report, console)
         path = out or Path("runs") / f"pairwise-{run_ids[0]}-vs-{run_ids[1]}.json"
         console.print(f"pairwise verdicts: {write_pairwise_json(report, path)}")
@@ -334,28 +313,19 @@ def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> Pair
     """Judge every matched sample of A and B with the pairwise judge `spec`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from safeturn.judges import judge_pairs, load_pairwise_judge
-    from safeturn.report.compare import match_runs, pairwise_report
+    from safeturn.report.pairwise_judging import judge_runs_pairwise
 
-    judge = load_pairwise_judge(spec)
-    match = match_runs(a, b)
     columns = (TextColumn("pairwise"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task("pairwise", total=len(match.requests))
-
-        async def go() -> list[PairVerdict]:
-            try:
-                return await judge_pairs(
-                    judge,
-                    match.requests,
-                    concurrency=concurrency,
-                    on_done=lambda _v: progress.advance(task),
-                )
-            finally:
-                await judge.aclose()
-
-        verdicts = asyncio.run(go())
-    return pairwise_report(a, b, judge.name, match, verdicts)
+        task = progress.add_task("pairwise", total=None)
+        return judge_runs_pairwise(
+            a,
+            b,
+            spec,
+            concurrency=concurrency,
+            on_start=lambda total: progress.update(task, total=total),
+            on_done=lambda _verdict: progress.advance(task),
+        )
 
 
 def _lazy(name: str, help: str | None = None) -> Callable[[Loader], Loader]:

@@ -32,7 +32,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from safeturn.errors import SafeturnError
+from safeturn.errors import UnknownLabelError as UnknownLabelError
 
 
 class Category(StrEnum):
@@ -62,10 +62,6 @@ class Category(StrEnum):
     DANGEROUS_BEHAVIOR = "dangerous_behavior"
     MORALITY_RELIGION = "morality_religion"
     OTHER = "other"
-
-
-class UnknownLabelError(SafeturnError, ValueError):
-    """A source label (or a source) that the taxonomy has no mapping for."""
 
 
 C = Category

@@ -11,11 +11,12 @@ import typer
 from typer.testing import CliRunner
 
 from safeturn.attacks import STRATEGIES
+from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.commands.build import build_command
 from safeturn.schema import read_jsonl
 
 runner = CliRunner()
-app = typer.Typer()
+app = typer.Typer(cls=ErrorReportingGroup)  # errors reported as the real CLI does
 
 
 @app.callback()

@@ -167,7 +167,8 @@ def test_diffusers_generator_without_diffusers_names_the_install(tmp_path: Path)
 
 @pytest.fixture
 def scratch_registry() -> Iterator[None]:
-    registries: tuple[dict[str, Any], ...] = (STRATEGIES, ATTACK_INFO, attacks_base._FACTORIES)
+    registries: tuple[dict[str, Any], ...] = (attacks_base.ATTACKS._entries, attacks_base._DEFAULTS)
+    attacks_base.ATTACKS.names()  # load the built-ins first, so they are in the saved copy
     before = [dict(live) for live in registries]
     yield
     for live, saved in zip(registries, before, strict=True):

@@ -259,5 +259,5 @@ def test_registry_errors(tmp_path: Path) -> None:
         load_dataset("plainpath.jsonl")
     with pytest.raises(DataSpecError, match="does not exist"):
         load_dataset(f"siuo:{tmp_path}/none.json")
-    with pytest.raises(DataSpecError, match="path after figstep: is empty"):
+    with pytest.raises(DataSpecError, match="needs a path after 'figstep:'"):
         load_dataset("figstep:")

@@ -161,7 +161,9 @@ def invoke(*args: str) -> Any:
     return CliRunner().invoke(guard_app, ["eval", *args])
 
 
-def test_reader_scores_good_lines_and_names_each_bad_one(tmp_path: Path) -> None:
+def _mixed_file(tmp_path: Path) -> Path:
+    """A JSONL file of good lines and one of each kind of bad line. The comments number the
+    items; a blank line follows the second, so from the third on each sits one line lower."""
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "red.png").write_bytes(png_bytes())
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
@@ -211,7 +213,11 @@ def test_reader_scores_good_lines_and_names_each_bad_one(tmp_path: Path) -> None
             "harmful": False,
         },
     ]
-    path = write_lines(tmp_path / "data.jsonl", [*lines[:2], "", *lines[2:]])
+    return write_lines(tmp_path / "data.jsonl", [*lines[:2], "", *lines[2:]])
+
+
+def test_reader_scores_good_lines_and_names_each_bad_one(tmp_path: Path) -> None:
+    path = _mixed_file(tmp_path)
     read = read_labelled(path)
     errors = {s.line: s.error for s in read.skipped}
     # the blank third line is not counted, but line numbers stay those of the file

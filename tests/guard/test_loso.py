@@ -63,12 +63,14 @@ def report(shared_data: Path) -> dict:
     return run_loso(config, ["hh-rlhf", "mtbench101", "xstest"], prepared=prepared)
 
 
+@pytest.mark.slow
 def test_a_fold_never_sees_its_family(report: dict) -> None:
     for name, fold in report["folds"].items():
         assert not set(FAMILIES[name]) & set(fold["trained_on"]), name
         assert fold["dialogues"] == fold["harmful"] + fold["benign"]
 
 
+@pytest.mark.slow
 def test_one_class_families_are_ranked_against_the_other_class(report: dict) -> None:
     hh, mt, xs = (report["folds"][k] for k in ("hh-rlhf", "mtbench101", "xstest"))
     assert hh["benign"] == 0 and hh["fpr"] is None and 0.0 <= hh["tpr"] <= 1.0

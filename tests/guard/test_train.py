@@ -116,6 +116,7 @@ def test_platt_scaling_recovers_a_known_map() -> None:
     assert a == pytest.approx(2.0, abs=0.15) and b == pytest.approx(-1.0, abs=0.1)
 
 
+@pytest.mark.slow
 def test_training_end_to_end_on_text_seeds(shared_data: Path, tmp_path: Path) -> None:
     caps = {
         "xstest-unsafe": 80,

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 
 import pytest
@@ -405,7 +403,8 @@ def test_parse_judge_spec() -> None:
     [
         ("safemt", "needs a model spec"),
         ("safemt:", "needs a model spec"),
-        ("nope", "unknown judge spec"),
+        ("nope", "unknown judge 'nope'"),
+        ("ensemble", "needs a judge specs joined by"),
         ("safemt:nope:x", "unknown model spec"),
         ("ensemble:refusal", "two or more"),
         ("ensemble:refusal+", "two or more"),
@@ -418,13 +417,9 @@ def test_parse_judge_spec_errors(spec: str, match: str) -> None:
         parse_judge_spec(spec)
 
 
-def test_classifier_spec_is_resolved_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "safeturn.judges.classifier", None)
-    with pytest.raises(ModelSpecError, match="classifier"):
-        parse_judge_spec("classifier")
-
-    fake = types.ModuleType("safeturn.judges.classifier")
-    fake.ClassifierJudge = lambda: FixedJudge("classifier", "safe")  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "safeturn.judges.classifier", fake)
-    judge = parse_judge_spec("ensemble:refusal+classifier")
-    assert judge.name == "ensemble(refusal+classifier)"
+def test_ensemble_members_come_from_the_registry() -> None:
+    """A member is any registered judge; an ensemble is not (it is `composite`)."""
+    judge = parse_judge_spec("ensemble:refusal+risk-score:scripted:refuse")
+    assert judge.name == "ensemble(refusal+risk-score:scripted:refuse)"
+    with pytest.raises(ModelSpecError, match="cannot be nested"):
+        parse_judge_spec("ensemble:refusal+ensemble-any-unsafe:refusal+siuo:scripted:x")

@@ -467,13 +467,15 @@ def test_backend_failure_is_invalid_and_aclose_closes(cls: Callable[..., Judge])
     assert backend.closed
 
 
-def test_aclose_without_model_aclose() -> None:
-    class Bare:
-        name = "bare"
+def test_async_with_closes_the_judge_model() -> None:
+    """Judges are async context managers: leaving the block closes the model, also on error."""
+    backend = FailingModel()
 
-        async def generate(self, dialogue: Dialogue, params: GenerateParams) -> Reply:
-            return Reply(text="safe", model="bare")
+    async def use() -> None:
+        async with LlamaGuardJudge(backend) as j:
+            assert isinstance(j, LlamaGuardJudge)
+            raise RuntimeError("boom")
 
-    j = LlamaGuardJudge(Bare())  # type: ignore[arg-type]
-    assert judge(j).label == "safe"
-    asyncio.run(j.aclose())
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(use())
+    assert backend.closed

@@ -99,3 +99,13 @@ def test_lomo_report_and_command(shared_data: Path, tmp_path: Path) -> None:
 def test_lomo_report_fails_clearly_without_data(tmp_path: Path) -> None:
     with pytest.raises(SafeturnError, match="no xstest_v2_completions"):
         lomo_report(tmp_path, n_boot=0)
+
+
+def test_judge_commands_report_errors_through_the_group(tmp_path: Path) -> None:
+    """No local handler: the `judge` group prints `error: ...` once and exits 1 (2: bad option)."""
+    result = CliRunner().invoke(app, ["judge", "refusal-eval", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error: no xstest_v2_completions" in result.stderr
+    args = ["judge", "train", "--threshold-rule", "nope"]
+    bad = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "must be one of max-kappa, benign-sources" in bad.stderr

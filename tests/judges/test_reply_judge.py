@@ -108,6 +108,7 @@ def _toy() -> list[ReplyExample]:
     return out
 
 
+@pytest.mark.slow
 def test_training_learns_a_separable_toy_task_and_round_trips(tmp_path: Path) -> None:
     config = TrainConfig(tuned_layers=1, head_hidden=8, epochs=2, batch_size=8, lr_head=1e-2)
     data = encode_all(_toy(), config, lambda _: None)
@@ -225,6 +226,7 @@ def test_judge_call_gives_a_scored_verdict() -> None:
     assert label == "safe" and score is not None and score < judge.threshold
 
 
+@pytest.mark.slow
 def test_leave_one_source_out_plumbing_writes_weights_and_card(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

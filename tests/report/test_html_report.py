@@ -59,6 +59,7 @@ def test_report_is_self_contained_with_figures(report: Path) -> None:
     assert "data:image/png;base64," in html, "dialogue images are inlined"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"
 )

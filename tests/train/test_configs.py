@@ -53,6 +53,7 @@ def test_accelerate_configs_parse(name: str, kind: str, stage: int | None) -> No
         assert config.deepspeed_config["zero_stage"] == stage
 
 
+@pytest.mark.slow
 def test_save_trained_merges_a_lora_adapter_into_plain_weights(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

@@ -10,13 +10,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.commands.train_dream import dpo_command, dream_command, round_tables
 from safeturn.schema import Dialogue, Message, Sample, write_jsonl
 from safeturn.synth.risks import Risk, RiskRecord, write_risk_records
 from safeturn.train.dream import DreamConfig, sft_fingerprint
 from safeturn.train.rlaif import EvalStats, RlaifError, RlaifResult, RoundRecord, TrainStats
 
-app = typer.Typer()
+app = typer.Typer(cls=ErrorReportingGroup)
 app.command("dream")(dream_command)
 app.command("dpo")(dpo_command)
 
@@ -87,7 +88,7 @@ def test_config_nests_stage_overrides_over_yaml(tmp_path: Path) -> None:
         "sft: {max_steps: 5, learning_rate: 0.001}\n"
         "rlaif: {data: p.jsonl, rounds: 3, k: 4}\n"
     )
-    config = DreamConfig.load(path, sft={"max_steps": 2}, rlaif={"rounds": None, "k": 2})
+    config = DreamConfig.load(path, sets=["sft.max_steps=2", "rlaif.k=2"])
     assert config.sft.max_steps == 2 and config.sft.learning_rate == 0.001
     assert config.rlaif.rounds == 3 and config.rlaif.k == 2
     sft = config.sft_config()
@@ -98,7 +99,7 @@ def test_config_nests_stage_overrides_over_yaml(tmp_path: Path) -> None:
     with pytest.raises(RlaifError, match="rlaif"):  # the RLAIF stage needs its prompt data
         DreamConfig.load(None, output_dir="out")
     path.write_text("output_dir: out\nrlaif: [1, 2]\n")
-    with pytest.raises(RlaifError, match="rlaif must be a mapping"):
+    with pytest.raises(RlaifError, match=r"rlaif\n.*valid dictionary"):
         DreamConfig.load(path)
     no_sft = DreamConfig.load(None, output_dir="o", rlaif={"data": "p.jsonl"})
     with pytest.raises(RlaifError, match="no sft_data"):
@@ -111,11 +112,11 @@ def test_cli_errors_name_the_problem_without_a_traceback(tmp_path: Path) -> None
     )
     assert result.exit_code == 1 and "does not exist" in result.output
     result = CliRunner().invoke(
-        app, ["dpo", "--out", str(tmp_path), "--data", "x.jsonl", "--k", "1"]
+        app, ["dpo", "--out", str(tmp_path), "--data", "x.jsonl", "--set", "k=1"]
     )
     assert result.exit_code == 1 and "greater than or equal to 2" in result.output
     result = CliRunner().invoke(app, ["dream", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "data" in result.output
+    assert result.exit_code == 1 and "rlaif\n  Field required" in result.output
 
 
 def test_sft_fingerprint_hides_credentials_and_counts_the_data_content(tmp_path: Path) -> None:
@@ -208,10 +209,10 @@ def test_dream_cli_runs_sft_then_rlaif_from_its_checkpoint_and_resumes(
         "--out", str(out),
         "--sft-data", str(sft_file(tmp_path / "sft.jsonl")),
         "--data", str(prompts(tmp_path / "prompts.jsonl")),
-        "--risks", str(risk_file(tmp_path / "risks.jsonl")),
-        "--eval-data", str(tmp_path / "prompts.jsonl"),
-        "--judge", "risk-score-offline",
-        "--rounds", "1",
+        "--set", f"rlaif.risks={risk_file(tmp_path / 'risks.jsonl')}",
+        "--set", f"rlaif.eval_data={tmp_path / 'prompts.jsonl'}",
+        "--set", "rlaif.judge=risk-score-offline",
+        "-S", "rlaif.rounds=1",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -233,7 +234,7 @@ def test_dream_cli_runs_sft_then_rlaif_from_its_checkpoint_and_resumes(
     assert again.exit_code == 0, again.output
     assert "SFT (reused)" in again.output and "round 1 (reused)" in again.output
     assert json.loads((out / "rlaif" / "rounds.json").read_text()) == stored
-    changed = CliRunner().invoke(app, [*args, "--sft-steps", "3"])
+    changed = CliRunner().invoke(app, [*args, "--set", "sft.max_steps=3"])
     assert changed.exit_code == 1 and "SFT stage had other settings" in changed.output
 
 

@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.commands.train_dream import dream_risks_command
 from safeturn.data import load_dataset
 from safeturn.errors import SchemaError
@@ -17,7 +18,7 @@ from safeturn.synth.risks import read_risk_records
 from safeturn.taxonomy import Category, UnknownLabelError, canonical, guess_category
 from safeturn.train.dream_labels import TEACHER, observe_records, observe_risks
 
-app = typer.Typer()
+app = typer.Typer(cls=ErrorReportingGroup)
 app.command("dream-risks")(dream_risks_command)
 app.command("unused")(lambda: None)  # two commands, so the name is part of the command line
 

@@ -304,7 +304,8 @@ def test_loop_config_reads_yaml_and_flags_override_it(tmp_path: Path) -> None:
     path.write_text("turns: [4, 1]\nstrategies: typography,escalation\nsft: {max_steps: 7}\n")
     config = LoopConfig.load(path, turns=[2], limit=None)
     assert config.turns == [2] and config.strategies == ["typography", "escalation"]
-    assert config.sft == {"max_steps": 7} and config.limit is None
+    assert config.sft.model_dump(exclude_unset=True) == {"max_steps": 7} and config.limit is None
+    assert config.sft.learning_rate == 2e-5  # a given section starts from SFT's own defaults
     path.write_text("- not a mapping\n")
     with pytest.raises(LoopError, match="mapping"):
         LoopConfig.load(path)
@@ -313,7 +314,8 @@ def test_loop_config_reads_yaml_and_flags_override_it(tmp_path: Path) -> None:
 def test_loop_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(LoopError, match="set by the loop"):
         LoopConfig.load(None, sft={"data": "x.jsonl"})
-    assert LoopConfig.load(None, sft={"lora": {"r": 4}}).sft == {"lora": {"r": 4}}
+    lora = LoopConfig.load(None, sft={"lora": {"r": 4}}).sft.lora
+    assert lora is not None and lora.r == 4
     with pytest.raises(LoopError, match=r"unknown|strategy"):
         LoopConfig.load(None, strategies=["nope"])
     with pytest.raises(LoopError, match="cannot be fine-tuned"):
@@ -345,9 +347,10 @@ def test_every_trainer_is_pointed_at_the_loop_files(tmp_path: Path, trainer: str
 
 def test_cli_runs_the_first_steps(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    args = ["loop", "--model", "scripted:comply", "-d", "demo", "--limit", "2", "-s", "escalation"]
-    args += ["--turns", "1", "-j", "refusal", "--until", "synth", "--out", str(out)]
-    args += ["--pairwise", "none", "--steps", "3"]
+    args = ["loop", "--model", "scripted:comply", "-d", "demo", "--set", "limit=2"]
+    args += ["--set", "strategies=escalation", "--set", "turns=1", "--set", "judges=[refusal]"]
+    args += ["--until", "synth", "--out", str(out), "--set", "pairwise=none"]
+    args += ["--set", "sft.max_steps=3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "synth" in result.output and (out / "train.jsonl").is_file()

@@ -17,7 +17,7 @@ from safeturn.judges.llm import JudgeFailure
 from safeturn.judges.risk_score import RiskScore, ScoreItem
 from safeturn.schema import Dialogue, ImagePart, Message, Sample, write_jsonl
 from safeturn.synth.risks import Risk, RiskRecord, write_risk_records
-from safeturn.train import rlaif
+from safeturn.train import rlaif, rlaif_log, rlaif_round
 from safeturn.train.rlaif import (
     SCORED_FILE,
     Pair,
@@ -130,8 +130,8 @@ def test_fingerprints_keep_no_secrets_and_old_files_still_resume(tmp_path: Path)
     )
     assert config.fingerprint()["judge"] == "risk-score:openai:http://judge.example/v1#m"
     assert "hunter2" not in json.dumps(config.eval_fingerprint())
-    rlaif._write_log(config, rlaif._read_log(config))
-    stored = (tmp_path / "out" / rlaif.ROUNDS_FILE).read_text()
+    rlaif_log.write_log(config, rlaif_log.read_log(config))
+    stored = (tmp_path / "out" / rlaif_log.ROUNDS_FILE).read_text()
     assert "s3cret" not in stored and "alice" not in stored
 
     # a rounds.json written before redaction (and before content hashes) holds the raw spec;
@@ -139,12 +139,26 @@ def test_fingerprints_keep_no_secrets_and_old_files_still_resume(tmp_path: Path)
     hashes = ("data_sha256", "risks_sha256")
     raw = {k: v for k, v in config.fingerprint().items() if k not in hashes}
     raw["judge"] = config.judge
-    rlaif._write_log(config, rlaif._Log(fingerprint=raw))
-    log = rlaif._read_log(config)
-    rlaif._write_log(config, log)
-    rewritten = json.loads((tmp_path / "out" / rlaif.ROUNDS_FILE).read_text())
+    rlaif_log.write_log(config, rlaif_log.RoundsLog(fingerprint=raw))
+    log = rlaif_log.read_log(config)
+    rlaif_log.write_log(config, log)
+    rewritten = json.loads((tmp_path / "out" / rlaif_log.ROUNDS_FILE).read_text())
     assert "s3cret" not in json.dumps(rewritten)
     assert rewritten["fingerprint"]["data_sha256"] == rlaif.file_sha256(data)
+
+
+def test_a_run_from_before_the_shared_optimiser_fields_still_resumes(tmp_path: Path) -> None:
+    """RLAIF gained warmup_steps, bf16 and gradient_checkpointing from `OptimSettings`."""
+    data = tmp_path / "p.jsonl"
+    write_jsonl([_sample("h1", Message.user("How do I make a bomb?"))], data)
+    config = RlaifConfig(data=data, output_dir=tmp_path / "out")
+    added = ("warmup_steps", "bf16", "gradient_checkpointing")
+    old = {k: v for k, v in config.fingerprint().items() if k not in added}
+    rlaif_log.write_log(config, rlaif_log.RoundsLog(fingerprint=old))
+    rlaif_log.read_log(config)  # the new fields at their defaults: the same run
+    changed = config.model_copy(update={"bf16": True})
+    with pytest.raises(RlaifError, match=r"other settings \(bf16\)"):
+        rlaif_log.read_log(changed)
 
 
 def test_an_edited_data_or_risk_file_is_not_silently_resumed(tmp_path: Path) -> None:
@@ -153,14 +167,14 @@ def test_an_edited_data_or_risk_file_is_not_silently_resumed(tmp_path: Path) -> 
     risk = Risk(content="asks for a bomb", source="text_instruction", category="violence")
     write_risk_records([RiskRecord(sample_id="h1", risks=[risk], teacher="t")], risks)
     config = RlaifConfig(data=data, risks=risks, output_dir=tmp_path / "out")
-    rlaif._write_log(config, rlaif._read_log(config))
+    rlaif_log.write_log(config, rlaif_log.read_log(config))
     assert config.fingerprint()["data_sha256"] == rlaif.file_sha256(data)
 
     write_jsonl([_sample("h1", Message.user("How do I make a cake?"))], data)  # same path
     with pytest.raises(RlaifError, match=r"other settings \(data \(the file's content changed\)\)"):
         train_rlaif(config)
     write_jsonl([_sample("h1", Message.user("How do I make a bomb?"))], data)
-    rlaif._read_log(config)  # back to the original bytes: resumes
+    rlaif_log.read_log(config)  # back to the original bytes: resumes
     other = risk.model_copy(update={"content": "asks how to build an explosive"})
     write_risk_records([RiskRecord(sample_id="h1", risks=[other], teacher="t")], risks)
     with pytest.raises(RlaifError, match=r"risks \(the file's content changed\)"):
@@ -435,7 +449,7 @@ def test_rounds_without_eval_data_are_evaluated_in_sample_then_again_on_new_eval
     assert redone.eval is not None and not redone.eval.in_sample and redone.eval.samples == 1
     assert redone.eval.benign == 1 and redone.train == record.train
     assert weights.stat().st_mtime_ns == mtime  # evaluated again, not retrained
-    stored = json.loads((config.output_dir / rlaif.ROUNDS_FILE).read_text())
+    stored = json.loads((config.output_dir / rlaif_log.ROUNDS_FILE).read_text())
     assert stored["rounds"][0]["eval"]["fingerprint"]["eval_data"] == str(held)
     same = train_rlaif(config.model_copy(update={"eval_data": held}), scorer=scorer)
     assert same.reevaluated == [] and scorer.calls == calls + 2
@@ -454,7 +468,7 @@ def test_an_interrupted_round_reuses_its_scored_replies(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(rlaif, "_train_dpo", interrupted)
+        patch.setattr(rlaif_round, "_train_dpo", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train_rlaif(config, scorer=scorer)
     lines = [

@@ -125,6 +125,7 @@ def test_replies_cut_by_the_token_limit_do_not_learn_to_stop(tokenizer: Any) -> 
     assert mask[second_reply_end] == 0
 
 
+@pytest.mark.slow
 def test_roll_generates_every_turn_and_stops_when_the_length_budget_runs_out(
     tokenizer: Any, tiny_llama: Any
 ) -> None:

@@ -179,7 +179,7 @@ def test_cli_trains_with_yaml_config_and_flag_overrides(tmp_path: Path, tiny_lla
     config.write_text(f"model: {tiny_llama}\nmax_steps: 4\nlearning_rate: 0.001\nbatch_size: 2\n")
     out = tmp_path / "out"
     args = ["sft", "--config", str(config), "--data", str(data), "--out", str(out)]
-    result = CliRunner().invoke(train_app, [*args, "--max-steps", "1"])
+    result = CliRunner().invoke(train_app, [*args, "--set", "max_steps=1"])
 
     assert result.exit_code == 0, result.output
     assert re.search(r"steps\s*│\s*1\s", result.output), result.output

@@ -2,24 +2,17 @@
 
 Each strategy turns a single-turn `Seed` (question, optional image) into an N-turn `Sample`
 for N in 1..8, from templates (offline, deterministic given the build seed) or written by an
-attacker model (with template fallback). Strategies register themselves with `@attack`.
+attacker model (with template fallback). Strategies register themselves in `ATTACKS` with
+`@attack`, one module each; the registry imports every module here when first asked.
 """
 
 from __future__ import annotations
 
-# Importing the strategy modules registers them.
-from safeturn.attacks import (  # noqa: F401
-    decomposition,
-    escalation,
-    fake_compliance,
-    image_description,
-    image_grounding,
-    typography,
-)
 from safeturn.attacks._render import render_typographic
 from safeturn.attacks.attacker import AttackerResult, ask_attacker
 from safeturn.attacks.base import (
     ATTACK_INFO,
+    ATTACKS,
     MAX_TURNS,
     STRATEGIES,
     AttackBuilder,
@@ -48,6 +41,7 @@ from safeturn.attacks.decomposition import ImageGenerator, diffusers_generator
 from safeturn.jsonparse import extract_json
 
 __all__ = [
+    "ATTACKS",
     "ATTACK_INFO",
     "DEFAULT_TURNS",
     "MAX_TURNS",

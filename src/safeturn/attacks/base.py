@@ -1,8 +1,9 @@
 """The attack vocabulary: seeds, the builder Protocol, the build context and the registry.
 
 A *seed* is one single-turn request (a question, optionally an image). A *builder* turns a seed
-into an N-turn `Sample`. Builders are registered with the `@attack` decorator on a factory, which
-records garak-style metadata (goal, modalities, whether an attacker model drives it):
+into an N-turn `Sample`. Builders are registered in `ATTACKS` with the `@attack` decorator on a
+factory, which records garak-style metadata (goal, modalities, whether an attacker model drives
+it); a new strategy is one new module of `safeturn.attacks` (or a plugin's):
 
     @attack("my-attack", goal="make the model do X", modality_in={"text"})
     def my_attack(*, politeness: int = 1) -> AttackBuilder:
@@ -16,25 +17,22 @@ import functools
 import hashlib
 import inspect
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol
 
 from pydantic import BaseModel, Field
 
-from safeturn.errors import SafeturnError
+from safeturn.errors import AttackConfigError as AttackConfigError
 from safeturn.models.base import ChatModel
+from safeturn.registry import Registry, RegistryError, modules_in
 from safeturn.schema import GenerateParams, ImagePart, Sample
 
 MAX_TURNS = 8
 """Largest number of user turns a builder produces (SafeMT goes up to 8)."""
 
 P = ParamSpec("P")
-
-
-class AttackConfigError(SafeturnError, ValueError):
-    """An unknown strategy name, a turn count out of range, or a bad builder option."""
 
 
 class Seed(BaseModel):
@@ -176,10 +174,62 @@ class AttackInfo:
     doc_uri: str = ""
 
 
-STRATEGIES: dict[str, AttackBuilder] = {}
-"""Every registered attack, built with its default options, by name."""
-ATTACK_INFO: dict[str, AttackInfo] = {}
-_FACTORIES: dict[str, Callable[..., AttackBuilder]] = {}
+ATTACKS: Registry[AttackBuilder] = Registry(
+    "attack", builtins=modules_in("safeturn.attacks"), error=AttackConfigError
+)
+"""Every attack strategy by name: each module of `safeturn.attacks` registers its own with
+`@attack`, plugins theirs under the entry-point group `safeturn.attacks`. An entry's metadata
+holds its `AttackInfo` fields; its factory takes keyword options only."""
+
+_DEFAULTS: dict[str, AttackBuilder] = {}
+"""Each attack built once without options (at registration, which checks it is async)."""
+
+
+class _Defaults(Mapping[str, AttackBuilder]):
+    """`STRATEGIES`: every registered attack, built with its default options, by name."""
+
+    def __getitem__(self, name: str) -> AttackBuilder:
+        if name not in ATTACKS:
+            raise KeyError(name)
+        if name not in _DEFAULTS:  # registered by a plugin through `ATTACKS.register`
+            _DEFAULTS[name] = ATTACKS.create(name)
+        return _DEFAULTS[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(ATTACKS.names()))  # `all` builds in name order, plugins included
+
+    def __len__(self) -> int:
+        return len(ATTACKS.names())
+
+
+class _Infos(Mapping[str, AttackInfo]):
+    """`ATTACK_INFO`: every registered attack's metadata, by name."""
+
+    def __getitem__(self, name: str) -> AttackInfo:
+        if name not in ATTACKS:
+            raise KeyError(name)
+        meta = ATTACKS.get(name).metadata
+        return AttackInfo(
+            name=name,
+            goal=str(meta.get("goal", ATTACKS.get(name).summary)),
+            modality_in=frozenset(meta.get("modality_in", ("text",))),
+            modality_out=frozenset(meta.get("modality_out", ("text",))),
+            needs_attacker=bool(meta.get("needs_attacker", False)),
+            tags=tuple(meta.get("tags", ())),
+            doc_uri=str(meta.get("doc_uri", "")),
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(ATTACKS.names()))
+
+    def __len__(self) -> int:
+        return len(ATTACKS.names())
+
+
+STRATEGIES: Mapping[str, AttackBuilder] = _Defaults()
+"""Every registered attack, built with its default options, by name (a view of `ATTACKS`)."""
+ATTACK_INFO: Mapping[str, AttackInfo] = _Infos()
+"""Every registered attack's metadata, by name (a view of `ATTACKS`)."""
 
 
 def attack(
@@ -192,10 +242,11 @@ def attack(
     tags: Iterable[str] = (),
     doc_uri: str = "",
 ) -> Callable[[Callable[P, AttackBuilder]], Callable[P, AttackBuilder]]:
-    """Register an attack factory under `name`, with its metadata.
+    """Register an attack factory under `name` in `ATTACKS`, with its metadata.
 
-    The factory is called once without arguments to fill `STRATEGIES`; `get_strategy(name,
-    **options)` calls it again with options. Each result is checked to be awaitable.
+    The factory is called once without arguments to check that it builds an async callable
+    (that builder is `STRATEGIES[name]`); `get_strategy(name, **options)` calls it again with
+    options, which `ATTACKS` checks against the factory's signature.
 
     Raises:
         AttackConfigError: If `name` is already registered.
@@ -203,9 +254,6 @@ def attack(
     """
 
     def decorate(factory: Callable[P, AttackBuilder]) -> Callable[P, AttackBuilder]:
-        if name in _FACTORIES:
-            raise AttackConfigError(f"attack {name!r} is already registered")
-
         @functools.wraps(factory)
         def create(*args: P.args, **kwargs: P.kwargs) -> AttackBuilder:
             builder = factory(*args, **kwargs)
@@ -215,17 +263,20 @@ def attack(
             return builder
 
         default = create()  # type: ignore[call-arg]  # factories take keywords only
-        ATTACK_INFO[name] = AttackInfo(
-            name=name,
-            goal=goal,
-            modality_in=frozenset(modality_in),
-            modality_out=frozenset(modality_out),
-            needs_attacker=needs_attacker,
-            tags=tuple(tags),
-            doc_uri=doc_uri,
-        )
-        _FACTORIES[name] = create
-        STRATEGIES[name] = default
+        try:
+            ATTACKS.register(
+                name,
+                summary=goal,
+                goal=goal,
+                modality_in=frozenset(modality_in),
+                modality_out=frozenset(modality_out),
+                needs_attacker=needs_attacker,
+                tags=tuple(tags),
+                doc_uri=doc_uri,
+            )(create)
+        except RegistryError as exc:
+            raise AttackConfigError(f"attack {name!r} is already registered ({exc})") from exc
+        _DEFAULTS[name] = default
         return create
 
     return decorate
@@ -238,14 +289,14 @@ def get_strategy(name: str, **options: Any) -> AttackBuilder:
         AttackConfigError: If no attack has that name (the message lists the known ones), or
             the options do not fit its factory.
     """
-    if name not in _FACTORIES:
-        known = ", ".join(sorted(_FACTORIES))
+    if name not in ATTACKS:
+        known = ", ".join(STRATEGIES)
         raise AttackConfigError(f"unknown attack strategy {name!r}; known strategies: {known}")
     if not options:
         return STRATEGIES[name]
     try:
-        return _FACTORIES[name](**options)
-    except TypeError as exc:
+        return ATTACKS.create(name, **options)
+    except (TypeError, AttackConfigError) as exc:
         raise AttackConfigError(f"bad options for attack {name!r}: {exc}") from exc
 
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from safeturn.attacks.base import (
     ATTACKER_PARAMS,
     STRATEGIES,
+    AttackBuilder,
     AttackConfigError,
     BuildContext,
     ImageDirectory,
@@ -109,14 +110,7 @@ async def build_attacks(
     """
     names = resolve_strategies(strategy)
     counts = resolve_turns(turns)
-    duplicates = [i for i, n in Counter(s.id for s in seeds).items() if n > 1]
-    if duplicates:
-        raise SchemaError(f"seed ids must be unique; repeated: {', '.join(duplicates[:5])}")
-    extra = dict(options or {})
-    unknown = sorted(set(extra) - set(names))
-    if unknown:
-        raise AttackConfigError(f"options given for strategies not built: {', '.join(unknown)}")
-    builders = {name: get_strategy(name, **extra.get(name, {})) for name in names}
+    builders = _builders(seeds, names, options or {})
     sink: ImageSink = ImageDirectory(images_dir) if images_dir is not None else inline_image
     ctx = BuildContext(
         seed=seed,
@@ -126,14 +120,30 @@ async def build_attacks(
         retries=retries,
         gate=asyncio.Semaphore(max(1, concurrency)),
     )
+    jobs = [(builders[name], one, n) for one in seeds for name in names for n in counts]
+    return await _run_all(jobs, ctx)
+
+
+def _builders(
+    seeds: Sequence[Seed], names: list[str], options: Mapping[str, Mapping[str, Any]]
+) -> dict[str, AttackBuilder]:
+    """Each strategy's builder with its options, after checking seed ids and option keys."""
+    duplicates = [i for i, n in Counter(s.id for s in seeds).items() if n > 1]
+    if duplicates:
+        raise SchemaError(f"seed ids must be unique; repeated: {', '.join(duplicates[:5])}")
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise AttackConfigError(f"options given for strategies not built: {', '.join(unknown)}")
+    return {name: get_strategy(name, **options.get(name, {})) for name in names}
+
+
+async def _run_all(
+    jobs: Sequence[tuple[AttackBuilder, Seed, int]], ctx: BuildContext
+) -> list[Sample]:
+    """Run every (builder, seed, turns) job at once; results in job order."""
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(builders[name](one, n, ctx))
-                for one in seeds
-                for name in names
-                for n in counts
-            ]
+            tasks = [group.create_task(build(one, n, ctx)) for build, one, n in jobs]
     except ExceptionGroup as failures:
         # raise the first builder error itself (it names the seed), so that callers catching
         # SafeturnError print it cleanly instead of an exception group

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.attacks.base import Seed, seed_from_sample
+from safeturn.attacks.base import STRATEGIES, Seed, seed_from_sample
 from safeturn.attacks.builder import (
     BuildSummary,
     build_attacks,
@@ -22,7 +22,6 @@ from safeturn.attacks.builder import (
     resolve_turns,
     summarize,
 )
-from safeturn.errors import SafeturnError
 from safeturn.models import ChatModel, load_model
 from safeturn.schema import Sample, write_jsonl
 
@@ -42,7 +41,11 @@ def build_command(
     ] = None,
     strategy: Annotated[
         list[str] | None,
-        typer.Option("--strategy", "-s", help="strategy name; repeat, comma-separate, or all"),
+        typer.Option(
+            "--strategy",
+            "-s",
+            help=f"strategy name ({', '.join(STRATEGIES)}); repeat, comma-separate, or all",
+        ),
     ] = None,
     turns: Annotated[str, typer.Option(help="comma-separated turn counts in 1..8")] = "1,2,4,6,8",
     seed: Annotated[int, typer.Option(help="build seed (same seed, same dialogues)")] = 0,
@@ -60,20 +63,16 @@ def build_command(
     concurrency: Annotated[int, typer.Option(help="attacker calls in flight")] = 8,
 ) -> None:
     """Build multi-turn attack dialogues from seeds, one per seed × strategy × turn count."""
-    try:
-        names = resolve_strategies(strategy or ["all"])
-        counts = resolve_turns(turns)
-        seeds = _load_seeds(data, seeds_csv, limit=limit, text_only=text_only)
-        folder = images_dir if images_dir is not None else out.parent / "images"
-        model = load_model(attacker) if attacker else None
-        samples = asyncio.run(
-            build_closing_attacker(seeds, names, counts, seed, model, folder, concurrency)
-        )
-        samples = localize_images(samples, folder, out.parent)
-        written = write_jsonl(samples, out)
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    names = resolve_strategies(strategy or ["all"])
+    counts = resolve_turns(turns)
+    seeds = _load_seeds(data, seeds_csv, limit=limit, text_only=text_only)
+    folder = images_dir if images_dir is not None else out.parent / "images"
+    model = load_model(attacker) if attacker else None
+    samples = asyncio.run(
+        build_closing_attacker(seeds, names, counts, seed, model, folder, concurrency)
+    )
+    samples = localize_images(samples, folder, out.parent)
+    written = write_jsonl(samples, out)
     console.print(_summary_table(summarize(samples), names, counts, attacker))
     console.print(f"wrote {written} samples to {out} (images in {folder})", soft_wrap=True)
     if not folder.resolve().is_relative_to(out.parent.resolve()):

@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.data import LoadedSet, export_hf, export_jsonl, list_sources, load_dataset
-from safeturn.errors import SafeturnError
 
 data_app = typer.Typer(
     name="data",
     help="Load benchmark datasets as safeturn samples: list sources, show a set, export it.",
     no_args_is_help=True,
+    cls=ErrorReportingGroup,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -47,18 +48,6 @@ class ImageMode(StrEnum):
     keep = "keep"
 
 
-def _error(exc: Exception) -> None:
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-
-
-def _load(spec: str, *, text_only: bool, limit: int | None, root: Path | None) -> LoadedSet:
-    try:
-        return load_dataset(spec, text_only=text_only, limit=limit, root=root)
-    except SafeturnError as exc:
-        _error(exc)
-        raise typer.Exit(code=1) from exc
-
-
 @data_app.command("list")
 def list_command() -> None:
     """List the data sources and an example spec for each."""
@@ -67,7 +56,7 @@ def list_command() -> None:
     table.add_column("example spec", overflow="fold")
     table.add_column("what it is")
     for info in list_sources():
-        table.add_row(info.prefix, info.example, info.summary)
+        table.add_row(escape(info.prefix), escape(info.example), escape(info.summary))
     console.print(table)
 
 
@@ -133,7 +122,7 @@ def show(
     root: RootOpt = None,
 ) -> None:
     """Load a set and show its samples and any missing images."""
-    print_loaded(_load(spec, text_only=text_only, limit=limit, root=root))
+    print_loaded(load_dataset(spec, text_only=text_only, limit=limit, root=root))
 
 
 @data_app.command()
@@ -149,15 +138,11 @@ def export(
     root: RootOpt = None,
 ) -> None:
     """Export a set as safeturn JSONL or as a Hugging Face dataset folder."""
-    loaded = _load(spec, text_only=text_only, limit=limit, root=root)
-    try:
-        if fmt is ExportFormat.hf:
-            count = export_hf(loaded, out)
-        else:
-            count = export_jsonl(loaded, out, images=images.value)
-    except (SafeturnError, OSError) as exc:
-        _error(exc)
-        raise typer.Exit(code=1) from exc
+    loaded = load_dataset(spec, text_only=text_only, limit=limit, root=root)
+    if fmt is ExportFormat.hf:
+        count = export_hf(loaded, out)
+    else:
+        count = export_jsonl(loaded, out, images=images.value)
     console.print(f"wrote {count} samples to {out} ({fmt.value})", soft_wrap=True)
     for error in loaded.errors:
         err_console.print(

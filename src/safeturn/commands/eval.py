@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,7 +18,6 @@ from safeturn.commands._running import (
     TimeoutOption,
     execute_and_publish,
 )
-from safeturn.errors import SafeturnError
 from safeturn.judges.card import load_cards
 from safeturn.models.spec import check_model_spec
 from safeturn.redact import redact_url_credentials
@@ -81,112 +81,161 @@ def _loaded(samples: list[Sample], data: str, started: float) -> list[Sample]:
     return samples
 
 
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="target model spec, e.g. openai:URL#name (not needed with --resume)"),
+]
+DataOpt = Annotated[
+    str | None, typer.Option(help="data spec, e.g. figstep:PATH (not with --resume)")
+]
+StrategyOpt = Annotated[
+    list[str] | None,
+    typer.Option("--strategy", "-s", help="turn samples into attacks: a name, or all"),
+]
+TurnsOpt = Annotated[str, typer.Option(help="turn counts for --strategy")]
+JudgeOpt = Annotated[
+    list[str] | None, typer.Option("--judge", "-j", help="judge spec (repeatable)")
+]
+ModeOpt = Annotated[str, typer.Option(help="live: answer every turn; replay: only the last")]
+LimitOpt = Annotated[int | None, typer.Option(help="first N samples of the set")]
+TextOnlyOpt = Annotated[bool, typer.Option(help="load the set without its images")]
+AttackerOpt = Annotated[str | None, typer.Option(help="attacker model for --strategy")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the attack builders")]
+MaxTokensOpt = Annotated[int, typer.Option(help="tokens per reply")]
+TemperatureOpt = Annotated[float, typer.Option()]
+DrawsOpt = Annotated[
+    int, typer.Option("--samples", "-n", min=1, help="answer and judge every item N times")
+]
+SamplingSeedOpt = Annotated[
+    int | None, typer.Option(help="seed of the target's sampling; draw k uses seed + k")
+]
+ConcurrencyOpt = Annotated[int, typer.Option(help="samples in flight")]
+OutOpt = Annotated[Path, typer.Option(help="folder for the database and reports")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(help="run database file or SQLAlchemy URL (default: OUT/safeturn.db)"),
+]
+ResumeOpt = Annotated[str | None, typer.Option(help="continue this run id")]
+WorkerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--worker",
+        help="share the run with other --worker processes, each claiming samples "
+        "(join one with --resume RUN_ID --worker)",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """The options that make a new run (`--resume` reads them back from the store instead)."""
+
+    model: str | None
+    data: str | None
+    strategies: list[str]
+    turns: str
+    judges: list[str]
+    mode: Literal["live", "replay"]
+    limit: int | None
+    text_only: bool
+    attacker: str | None
+    seed: int
+    params: GenerateParams
+    draws: int
+    concurrency: int
+    images_dir: Path
+
+
 def eval_command(
-    model: Annotated[
-        str | None,
-        typer.Option(help="target model spec, e.g. openai:URL#name (not needed with --resume)"),
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="data spec, e.g. figstep:PATH (not with --resume)")
-    ] = None,
-    strategy: Annotated[
-        list[str] | None,
-        typer.Option("--strategy", "-s", help="turn samples into attacks: a name, or all"),
-    ] = None,
-    turns: Annotated[str, typer.Option(help="turn counts for --strategy")] = "1,2,4,6,8",
-    judge: Annotated[
-        list[str] | None, typer.Option("--judge", "-j", help="judge spec (repeatable)")
-    ] = None,
-    mode: Annotated[str, typer.Option(help="live: answer every turn; replay: only the last")] = (
-        "live"
-    ),
-    limit: Annotated[int | None, typer.Option(help="first N samples of the set")] = None,
-    text_only: Annotated[bool, typer.Option(help="load the set without its images")] = False,
-    attacker: Annotated[str | None, typer.Option(help="attacker model for --strategy")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the attack builders")] = 0,
-    max_tokens: Annotated[int, typer.Option(help="tokens per reply")] = 256,
-    temperature: Annotated[float, typer.Option()] = 0.0,
-    draws: Annotated[
-        int, typer.Option("--samples", "-n", min=1, help="answer and judge every item N times")
-    ] = 1,
-    sampling_seed: Annotated[
-        int | None, typer.Option(help="seed of the target's sampling; draw k uses seed + k")
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="samples in flight")] = 16,
-    out: Annotated[Path, typer.Option(help="folder for the database and reports")] = Path(
-        "runs/eval"
-    ),
-    db: Annotated[
-        str | None,
-        typer.Option(help="run database file or SQLAlchemy URL (default: OUT/safeturn.db)"),
-    ] = None,
-    resume: Annotated[str | None, typer.Option(help="continue this run id")] = None,
-    worker: Annotated[
-        bool,
-        typer.Option(
-            "--worker",
-            help="share the run with other --worker processes, each claiming samples "
-            "(join one with --resume RUN_ID --worker)",
-        ),
-    ] = False,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    strategy: StrategyOpt = None,
+    turns: TurnsOpt = "1,2,4,6,8",
+    judge: JudgeOpt = None,
+    mode: ModeOpt = "live",
+    limit: LimitOpt = None,
+    text_only: TextOnlyOpt = False,
+    attacker: AttackerOpt = None,
+    seed: SeedOpt = 0,
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    draws: DrawsOpt = 1,
+    sampling_seed: SamplingSeedOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    out: OutOpt = Path("runs/eval"),
+    db: DbOpt = None,
+    resume: ResumeOpt = None,
+    worker: WorkerOpt = False,
     judge_card: JudgeCardOption = None,
     timeout: TimeoutOption = None,
     retries: RetriesOption = None,
 ) -> None:
     """Evaluate a model; every call and verdict is stored at once, so runs resume."""
-    if mode not in ("live", "replay"):
-        raise typer.BadParameter(f"--mode must be live or replay, got {mode!r}")
+    new = NewRun(
+        model=model,
+        data=data,
+        strategies=strategy or [],
+        turns=turns,
+        judges=judge or ["refusal"],
+        mode=_mode(mode),
+        limit=limit,
+        text_only=text_only,
+        attacker=attacker,
+        seed=seed,
+        params=GenerateParams(max_tokens=max_tokens, temperature=temperature, seed=sampling_seed),
+        draws=draws,
+        concurrency=concurrency,
+        images_dir=out / "images",
+    )
+    cards = load_cards(judge_card or [])  # before the run: a bad card fails fast
+    store = RunStore(db or out / "safeturn.db")  # db: a str, as a Path mangles a URL's //
     try:
-        store = RunStore(db or out / "safeturn.db")  # db: a str, as a Path mangles a URL's //
-    except SafeturnError as exc:  # no PostgreSQL driver, a server that cannot be reached
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
-    try:
-        cards = load_cards(judge_card or [])  # before the run: a bad card fails fast
-        if resume is None:
-            if data is None or model is None:
-                raise typer.BadParameter("give --model and --data (or --resume RUN_ID)")
-            check_model_spec(model)  # before the run exists: a bad spec leaves no stuck run
-            samples = _samples(
-                data,
-                strategies=strategy or [],
-                turns=turns,
-                seed=seed,
-                limit=limit,
-                text_only=text_only,
-                attacker=attacker,
-                images_dir=out / "images",
-            )
-            if draws > 1 and temperature == 0.0:
-                console.print(
-                    f"[yellow]note:[/yellow] --samples {draws} at temperature 0: greedy "
-                    "backends give the same reply in every draw; raise --temperature"
-                )
-            settings = EvalSettings(
-                model=model,
-                judges=judge or ["refusal"],
-                mode=_mode(mode),
-                params=GenerateParams(
-                    max_tokens=max_tokens, temperature=temperature, seed=sampling_seed
-                ),
-                concurrency=concurrency,
-                data=data + (f" → {','.join(strategy)} × turns {turns}" if strategy else ""),
-                samples=draws,
-            )
-            with bulk_objects():  # thousands of rows to insert: see bulk_objects
-                run_id = start_run(store, samples, settings)
-            del samples  # the run reads them back from the store: not twice in memory
-        else:
-            _check_resumed_model(store, resume, model)
-            run_id = resume
+        run_id = _start(store, new) if resume is None else _resumed(store, resume, model)
         network = Network(timeout_s=timeout, max_retries=retries)
         html = out / f"report-{run_id}.html"
         execute_and_publish(store, run_id, html, cards, network, worker=worker)
-    except SafeturnError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
     finally:
         store.close()
+
+
+def _start(store: RunStore, new: NewRun) -> str:
+    """Load (and build) the samples and store them as a new run; its id."""
+    if new.data is None or new.model is None:
+        raise typer.BadParameter("give --model and --data (or --resume RUN_ID)")
+    check_model_spec(new.model)  # before the run exists: a bad spec leaves no stuck run
+    samples = _samples(
+        new.data,
+        strategies=new.strategies,
+        turns=new.turns,
+        seed=new.seed,
+        limit=new.limit,
+        text_only=new.text_only,
+        attacker=new.attacker,
+        images_dir=new.images_dir,
+    )
+    if new.draws > 1 and new.params.temperature == 0.0:
+        console.print(
+            f"[yellow]note:[/yellow] --samples {new.draws} at temperature 0: greedy "
+            "backends give the same reply in every draw; raise --temperature"
+        )
+    attacks = f" → {','.join(new.strategies)} × turns {new.turns}" if new.strategies else ""
+    settings = EvalSettings(
+        model=new.model,
+        judges=new.judges,
+        mode=new.mode,
+        params=new.params,
+        concurrency=new.concurrency,
+        data=new.data + attacks,
+        samples=new.draws,
+    )
+    with bulk_objects():  # thousands of rows to insert: see bulk_objects
+        return start_run(store, samples, settings)
+
+
+def _resumed(store: RunStore, run_id: str, model: str | None) -> str:
+    """The run to continue, once `--model` (if given) is checked against it."""
+    _check_resumed_model(store, run_id, model)
+    return run_id
 
 
 def _check_resumed_model(store: RunStore, run_id: str, model: str | None) -> None:
@@ -201,4 +250,6 @@ def _check_resumed_model(store: RunStore, run_id: str, model: str | None) -> Non
 
 
 def _mode(text: str) -> Literal["live", "replay"]:
+    if text not in ("live", "replay"):
+        raise typer.BadParameter(f"--mode must be live or replay, got {text!r}")
     return "live" if text == "live" else "replay"

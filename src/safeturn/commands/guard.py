@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from safeturn.errors import SafeturnError
+from safeturn.commands._errors import ErrorReportingGroup
+from safeturn.errors import ConfigError
 
 if TYPE_CHECKING:
     from safeturn.guard.labelled import SkippedLine
@@ -22,6 +23,7 @@ guard_app = typer.Typer(
     name="guard",
     help="Defend: train, evaluate and serve the multi-turn dialogue moderator.",
     no_args_is_help=True,
+    cls=ErrorReportingGroup,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -35,11 +37,6 @@ _SKIPPED_SHOWN = 20
 @guard_app.callback()
 def _guard() -> None:
     """Train, evaluate and serve the dialogue moderator."""
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 def _progress() -> Progress:
@@ -78,10 +75,13 @@ def train_command(
         int, typer.Option(help="seed of the draw, the split, the builds and the fit")
     ] = 0,
     image_fraction: Annotated[
-        float, typer.Option(help="share of text-only seeds that also get the image strategies")
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="share of text-only seeds that also get the image strategies"
+        ),
     ] = 0.2,
     max_per_source: Annotated[
-        int | None, typer.Option(help="cap every source at this many seeds (quick runs)")
+        int | None, typer.Option(min=1, help="cap every source at this many seeds (quick runs)")
     ] = None,
 ) -> None:
     """Build harmful and benign dialogues from the seed sets, train, calibrate and save."""
@@ -94,14 +94,11 @@ def train_command(
         caps = {k: min(v, max_per_source) for k, v in caps.items()}
     target = out if out is not None else DEFAULT_MODEL_PATH
     start = time.perf_counter()
-    try:
-        config = TrainConfig(
-            data_root=data_root, out=target, seed=seed, caps=caps, image_fraction=image_fraction
-        )
-        with _progress() as bar:
-            model = train(config, progress=_callback(bar))
-    except (SafeturnError, ValueError) as exc:
-        raise _fail(exc) from exc
+    config = TrainConfig(
+        data_root=data_root, out=target, seed=seed, caps=caps, image_fraction=image_fraction
+    )
+    with _progress() as bar:
+        model = train(config, progress=_callback(bar))
     meta = model.metadata
     data = meta["data"]
     table = Table(title="training data (dialogues; split by seed)")
@@ -123,54 +120,64 @@ def train_command(
     console.print(f"wrote {escape(str(target))} and {escape(str(target.with_suffix('.json')))}")
 
 
+EvalDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="labelled JSONL file to score, one conversation a line: OpenAI `messages` "
+        "ending with the user turn, `harmful` true/false, optional `id` and `source` "
+        "(or safeturn Sample lines); instead of --data-root"
+    ),
+]
+EvalDataRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="folder holding figstep/, xstest/, harmbench/, ...: rebuild the model's "
+        "held-out test seeds and score those; the mode used without --data "
+        "(default: ../shared/data)"
+    ),
+]
+ModelOpt = Annotated[
+    Path | None, typer.Option(help="moderator model .npz (default: the packaged one)")
+]
+EvalOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--json",
+        "--out",
+        help="JSON report (default: runs/guard/eval.json with --data-root; none with --data)",
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="flag at this risk instead of the model's threshold (keywords: one hit)",
+    ),
+]
+ImageRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="with --data: relative image paths are read from, and must stay in, this "
+        "folder (default: the file's folder)"
+    ),
+]
+EvalLimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="with --data: read only the first N non-blank lines")
+]
+NudityOpt = Annotated[bool, typer.Option(help="run the NudeNet signal, as deployed")]
+
+
 @guard_app.command("eval")
 def eval_command(
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="labelled JSONL file to score, one conversation a line: OpenAI `messages` "
-            "ending with the user turn, `harmful` true/false, optional `id` and `source` "
-            "(or safeturn Sample lines); instead of --data-root"
-        ),
-    ] = None,
-    data_root: Annotated[
-        Path | None,
-        typer.Option(
-            help="folder holding figstep/, xstest/, harmbench/, ...: rebuild the model's "
-            "held-out test seeds and score those; the mode used without --data "
-            "(default: ../shared/data)"
-        ),
-    ] = None,
-    model: Annotated[
-        Path | None, typer.Option(help="moderator model .npz (default: the packaged one)")
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--json",
-            "--out",
-            help="JSON report (default: runs/guard/eval.json with --data-root; none with --data)",
-        ),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="flag at this risk instead of the model's threshold (keywords: one hit)",
-        ),
-    ] = None,
-    image_root: Annotated[
-        Path | None,
-        typer.Option(
-            help="with --data: relative image paths are read from, and must stay in, this "
-            "folder (default: the file's folder)"
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="with --data: read only the first N non-blank lines")
-    ] = None,
-    nudity: Annotated[bool, typer.Option(help="run the NudeNet signal, as deployed")] = True,
+    data: EvalDataOpt = None,
+    data_root: EvalDataRootOpt = None,
+    model: ModelOpt = None,
+    out: EvalOutOpt = None,
+    threshold: ThresholdOpt = None,
+    image_root: ImageRootOpt = None,
+    limit: EvalLimitOpt = None,
+    nudity: NudityOpt = True,
 ) -> None:
     """Evaluate the moderator beside single-message, last-message and keyword guards.
 
@@ -181,12 +188,12 @@ def eval_command(
 
     path = model if model is not None else DEFAULT_MODEL_PATH
     if data is not None and data_root is not None:
-        raise _fail(ValueError("give --data FILE or --data-root DIR, not both"))
+        raise ConfigError("give --data FILE or --data-root DIR, not both")
     if data is not None:
         _eval_file(data, path, out, threshold, image_root, limit, nudity)
         return
     if image_root is not None or limit is not None:
-        raise _fail(ValueError("--image-root and --limit apply to --data FILE only"))
+        raise ConfigError("--image-root and --limit apply to --data FILE only")
     _eval_seeds(data_root or _DATA_ROOT, path, out or _EVAL_OUT, threshold, nudity)
 
 
@@ -195,18 +202,10 @@ def _eval_seeds(
 ) -> None:
     from safeturn.guard.evaluate import evaluate
 
-    try:
-        with _progress() as bar:
-            report = evaluate(
-                data_root,
-                model,
-                out=out,
-                nudity=nudity,
-                threshold=threshold,
-                progress=_callback(bar),
-            )
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
+    with _progress() as bar:
+        report = evaluate(
+            data_root, model, out=out, nudity=nudity, threshold=threshold, progress=_callback(bar)
+        )
     n = report["n"]
     _print_methods(
         report,
@@ -229,20 +228,12 @@ def _eval_file(
     from safeturn.guard.eval_file import evaluate_file
     from safeturn.guard.labelled import read_labelled
 
-    try:
-        labelled = read_labelled(data, image_root=image_root, limit=limit)
-        _print_skipped(labelled.skipped)
-        with _progress() as bar:
-            report = evaluate_file(
-                labelled,
-                model,
-                out=out,
-                nudity=nudity,
-                threshold=threshold,
-                progress=_callback(bar),
-            )
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
+    labelled = read_labelled(data, image_root=image_root, limit=limit)
+    _print_skipped(labelled.skipped)
+    with _progress() as bar:
+        report = evaluate_file(
+            labelled, model, out=out, nudity=nudity, threshold=threshold, progress=_callback(bar)
+        )
     print_file_report(report)
     if out is not None:
         console.print(f"wrote {escape(str(out))}")

@@ -11,10 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.errors import SafeturnError
-
 console = Console()
-err_console = Console(stderr=True)
 
 
 _AGAINST = {"itself": "itself", "benign": "benign test", "harmful": "harmful test"}
@@ -51,13 +48,18 @@ def loso_command(
     from safeturn.guard.loso import run_loso
     from safeturn.guard.train import TrainConfig
 
-    try:
-        config = TrainConfig(data_root=data_root, out=Path("unused.npz"), seed=seed)
-        with _progress() as bar:
-            report = run_loso(config, family or None, progress=_callback(bar))
-    except (SafeturnError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    config = TrainConfig(data_root=data_root, out=Path("unused.npz"), seed=seed)
+    with _progress() as bar:
+        report = run_loso(config, family or None, progress=_callback(bar))
+    console.print(_loso_table(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {escape(str(json_out))}")
+
+
+def _loso_table(report: dict[str, Any]) -> Table:
+    """One row per left-out family: its size, AUROC, rates at the threshold, the threshold."""
     targets = report["targets"]
     table = Table(
         title=f"leave-one-source-out (targets: AUROC >= {targets['auroc']}, TPR >= "
@@ -92,8 +94,4 @@ def loso_command(
             _fmt(fold["tpr_at_5fpr"]),
             _fmt(fold["threshold"]),
         )
-    console.print(table)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {escape(str(json_out))}")
+    return table

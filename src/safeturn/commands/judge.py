@@ -1,4 +1,8 @@
-"""`safeturn judge`: train the embedded judges (`train`, `train-classifier`)."""
+"""`safeturn judge`: list the judges, train the embedded ones (`train`, `train-classifier`).
+
+`score`, `validate` and `refusal-eval` live in `judge_files.py` and `judge_refusal.py`; cli.py
+adds them to this group. Errors are reported by the group (`ErrorReportingGroup`).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.errors import SafeturnError
+from safeturn.commands._errors import ErrorReportingGroup
 
 judge_app = typer.Typer(
     name="judge",
     help="Judge replies you have, validate a judge on labelled replies, train the embedded judges.",
     no_args_is_help=True,
+    cls=ErrorReportingGroup,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -27,6 +32,20 @@ def _judge() -> None:
 
 
 _SHOWN = ("accuracy", "precision", "recall", "f1", "roc_auc", "majority_baseline")
+
+
+@judge_app.command("list")
+def list_command() -> None:
+    """Every judge and pairwise judge spec, built-in or from a plugin, with an example."""
+    from safeturn.commands.plugins import registry_table
+    from safeturn.judges.specs import JUDGES, PAIRWISE_JUDGES
+
+    console.print(registry_table(JUDGES, title="judges (--judge)"))
+    console.print(registry_table(PAIRWISE_JUDGES, title="pairwise judges (compare --pairwise)"))
+    console.print(
+        "A judge that asks a model takes any model spec after its name (see `safeturn plugins "
+        "--kind backend`); plugins add judges under the entry-point group safeturn.judges."
+    )
 
 
 @judge_app.command("train-classifier")
@@ -48,12 +67,8 @@ def train_classifier_command(
     from safeturn.judges.train_classifier import main
 
     target = out if out is not None else DEFAULT_HEAD_PATH
-    try:
-        with console.status("embedding and training (minutes on a CPU)..."):
-            metrics = main(data_dir, target, seed, max_examples=max_examples)
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    with console.status("embedding and training (minutes on a CPU)..."):
+        metrics = main(data_dir, target, seed, max_examples=max_examples)
     table = Table(title=f"classifier head: held-out test split (n = {metrics['n']:.0f})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -100,24 +115,19 @@ def train_reply_judge_command(
     from safeturn.judges.train_judge import THRESHOLD_RULES, TrainConfig, main
 
     if threshold_rule not in THRESHOLD_RULES:
-        err_console.print(
-            f"[red]error:[/red] --threshold-rule must be one of {', '.join(THRESHOLD_RULES)}; "
-            f"got {escape(threshold_rule)!r}"
+        raise typer.BadParameter(
+            f"must be one of {', '.join(THRESHOLD_RULES)}; got {threshold_rule!r}",
+            param_hint="--threshold-rule",
         )
-        raise typer.Exit(code=2)
     families = tuple(f.strip() for f in loso.split(",") if f.strip())
     config = TrainConfig(
         epochs=epochs, tuned_layers=tuned_layers, seed=seed, threshold_rule=threshold_rule
     )
     target = out if out is not None else DEFAULT_WEIGHTS
     card_path = card if card is not None else DEFAULT_CARD
-    try:
-        metadata = main(
-            data_dir, target, config, loso=families, card_path=card_path, log=err_console.print
-        )
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    metadata = main(
+        data_dir, target, config, loso=families, card_path=card_path, log=err_console.print
+    )
     table = Table(title="classifier-v2, each family held out of training")
     for column in ("held out", "n", "κ", "AUC", "false-unsafe", "note"):
         table.add_column(column)
@@ -135,10 +145,6 @@ def export_labelled_command(
     """Write the labelled replies the embedded judge is measured on, for `judge validate`."""
     from safeturn.judges.export_labelled import export_labelled
 
-    try:
-        written = export_labelled(data_dir, out)
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    written = export_labelled(data_dir, out)
     for family, count in written.items():
         console.print(f"{escape(str(out / (family + '.jsonl')))}: {count} labelled replies")

@@ -50,7 +50,8 @@ _ConcurrencyOption = Annotated[int, typer.Option(min=1, help="judge calls in fli
 
 def score_command(
     judge_spec: Annotated[
-        str, typer.Option("--judge", help="judge spec: refusal, classifier, safemt:MODEL, ...")
+        str,
+        typer.Option("--judge", help="judge spec, e.g. refusal or safemt:MODEL (`judge list`)"),
     ],
     data: _DataOption,
     out: Annotated[Path, typer.Option(help="verdicts, one JSON object a line (resumable)")],
@@ -64,24 +65,21 @@ def score_command(
     tried again next time.
     """
     spec = judge_spec.strip()
-    try:
-        replies = _read(data, image_root, require_label=False)
-        done = load_previous(out, spec)
-        todo = [r for r in replies.replies if r.id not in done]
-        judge = _load_judge(spec) if todo else None
-        out.parent.mkdir(parents=True, exist_ok=True)
-        rows = dict(done)
-        with out.open("a", encoding="utf-8") as fh:
+    replies = _read(data, image_root, require_label=False)
+    done = load_previous(out, spec)
+    todo = [r for r in replies.replies if r.id not in done]
+    judge = _load_judge(spec) if todo else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = dict(done)
+    with out.open("a", encoding="utf-8") as fh:
 
-            def emit(row: Row) -> None:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                fh.flush()
-                rows[row["id"]] = row
+        def emit(row: Row) -> None:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            rows[row["id"]] = row
 
-            if judge is not None:
-                _run(judge, spec, todo, concurrency, emit)
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
+        if judge is not None:
+            _run(judge, spec, todo, concurrency, emit)
     labels = [rows[r.id]["label"] for r in replies.replies if r.id in rows]
     console.print(
         f"{escape(spec)}: judged {len(todo)} replies, {len(replies.replies) - len(todo)} already "
@@ -121,32 +119,22 @@ def validate_command(
 
     if judge_spec is None and verdicts is None:
         raise typer.BadParameter("give --judge, or --verdicts from a `judge score` run")
-    try:
-        replies = _read(data, image_root, require_label=True)
-        skipped = list(replies.skipped)
-        if verdicts is not None:
-            spec, rows = _given_verdicts(verdicts, judge_spec, replies, skipped)
-            judge = _judge_for_threshold(spec)
-        else:
-            assert judge_spec is not None
-            spec = judge_spec.strip()
-            judge = _load_judge(spec)
-            found: dict[str, Row] = {}
-            _run(judge, spec, replies.replies, concurrency, lambda r: found.update({r["id"]: r}))
-            rows = found
-    except SafeturnError as exc:
-        raise _fail(exc) from exc
+    replies = _read(data, image_root, require_label=True)
+    skipped = list(replies.skipped)
+    spec, rows, judge = _verdicts_to_validate(
+        replies, judge_spec, verdicts, skipped, concurrency=concurrency
+    )
     judged = [_judged(r, rows[r.id]) for r in replies.replies if r.id in rows]
     if not judged:
-        raise _fail(SchemaError(f"{data}: no line has a verdict to compare"))
-    threshold = getattr(judge, "threshold", None) if judge is not None else None
+        raise SchemaError(f"{data}: no line has a verdict to compare")
+    threshold = judge.threshold if judge is not None else None
     report = validation_report(
         judged,
         judge=spec,
         data=str(data),
         resamples=resamples,
         seed=seed,
-        judge_threshold=threshold if isinstance(threshold, float) else None,
+        judge_threshold=threshold,
         top_k=top_k,
         skipped=sorted(skipped, key=lambda s: s.line),
     )
@@ -155,14 +143,41 @@ def validate_command(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
         console.print(f"report: {escape(str(json_out))}")
+    _require_both_labels(data, judged)
+
+
+def _verdicts_to_validate(
+    replies: ReplyFile,
+    judge_spec: str | None,
+    verdicts: Path | None,
+    skipped: list[SkippedLine],
+    *,
+    concurrency: int,
+) -> tuple[str, dict[str, Row], Judge | None]:
+    """(judge spec, verdict rows by id, the judge when it could be built) for `validate`.
+
+    With `--verdicts` the rows are read and the judge is built only for its threshold;
+    otherwise the judge is built and run on every reply.
+    """
+    if verdicts is not None:
+        spec, rows = _given_verdicts(verdicts, judge_spec, replies, skipped)
+        return spec, rows, _judge_for_threshold(spec)
+    assert judge_spec is not None
+    spec = judge_spec.strip()
+    judge = _load_judge(spec)
+    found: dict[str, Row] = {}
+    _run(judge, spec, replies.replies, concurrency, lambda r: found.update({r["id"]: r}))
+    return spec, found, judge
+
+
+def _require_both_labels(data: Path, judged: Sequence[JudgedReply]) -> None:
+    """Raise when every usable line has the same gold label (kappa and AUC are undefined)."""
     classes = {j.unsafe for j in judged}
     if len(classes) == 1:
         only = "unsafe" if classes.pop() else "safe"
-        raise _fail(
-            SchemaError(
-                f"{data}: every usable line is labelled {only!r}, so kappa and AUC are undefined; "
-                "add lines of the other label"
-            )
+        raise SchemaError(
+            f"{data}: every usable line is labelled {only!r}, so kappa and AUC are undefined; "
+            "add lines of the other label"
         )
 
 
@@ -302,7 +317,7 @@ async def judge_in_order(
     """Judge every reply, at most `concurrency` at once, emitting rows in input order.
 
     A row is emitted as soon as it and every row before it are done, so an interrupted run
-    loses at most the rows in flight. The judge is closed at the end when it has `aclose`.
+    loses at most the rows in flight. The judge is closed at the end.
     """
     finished: dict[int, Row] = {}
     pending = iter(enumerate(todo))
@@ -321,9 +336,7 @@ async def judge_in_order(
             for _ in range(min(max(1, concurrency), len(todo))):
                 group.create_task(worker())
     finally:
-        close = getattr(judge, "aclose", None)
-        if close is not None:
-            await close()
+        await judge.aclose()
 
 
 async def _verdict_row(judge: Judge, spec: str, item: LabelledReply) -> Row:
@@ -418,8 +431,3 @@ def _with_ci(value: float | None, ci: list[float] | None) -> str:
     if value is None:
         return "–"
     return f"{value:.3f}" if ci is None else f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-    return typer.Exit(code=1)

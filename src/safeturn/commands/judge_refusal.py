@@ -11,14 +11,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.errors import SafeturnError
-
 console = Console()
 if not console.is_terminal:
     console = Console(width=120)  # a pipe gets 80 columns by default, too few for the CIs
-err_console = Console(stderr=True)
 
 _DETECTORS = {"new": "new, fit", "new_default_threshold": "new, shipped", "old": "old regex"}
+_METRICS = ("kappa", "accuracy", "precision", "recall")
 _VARIANTS = {
     "refused_vs_compliance": "full+partial",
     "full_refusal_vs_compliance": "full (partial out)",
@@ -49,39 +47,9 @@ def refusal_eval_command(
     """
     from safeturn.judges.refusal_eval import lomo_report
 
-    try:
-        report = lomo_report(data_dir, n_boot=bootstrap, seed=seed)
-    except (SafeturnError, OSError) as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    report = lomo_report(data_dir, n_boot=bootstrap, seed=seed)
     for model, fold in report["folds"].items():
-        table = Table(
-            title=f"held out: {model} (n = {fold['n']}; threshold {fold['threshold']:g} fit on "
-            f"{' + '.join(fold['threshold_fit_on'])})"
-        )
-        for column in (
-            "refused =",
-            "detector",
-            "kappa",
-            "accuracy",
-            "precision",
-            "recall",
-        ):
-            table.add_column(
-                column, justify="left" if column in ("refused =", "detector") else "right"
-            )
-        for variant, results in fold["variants"].items():
-            for name, shown in _DETECTORS.items():
-                r = results[name]
-                table.add_row(
-                    _VARIANTS[variant],
-                    shown,
-                    _cell(r, "kappa"),
-                    _cell(r, "accuracy"),
-                    _cell(r, "precision"),
-                    _cell(r, "recall"),
-                )
-        console.print(table)
+        console.print(_fold_table(model, fold))
     console.print("(95 % bootstrap CIs in parentheses; every figure is in the JSON)")
     round_1 = report["provenance"]["round_1"]["mistralinstruct_measured_once_at_threshold_2"]
     console.print(
@@ -96,3 +64,20 @@ def refusal_eval_command(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {escape(str(json_out))}")
+
+
+def _fold_table(model: str, fold: dict[str, Any]) -> Table:
+    """One held-out model: every detector's kappa, accuracy, precision and recall per variant."""
+    table = Table(
+        title=f"held out: {model} (n = {fold['n']}; threshold {fold['threshold']:g} fit on "
+        f"{' + '.join(fold['threshold_fit_on'])})"
+    )
+    for column in ("refused =", "detector"):
+        table.add_column(column, justify="left")
+    for column in _METRICS:
+        table.add_column(column, justify="right")
+    for variant, results in fold["variants"].items():
+        for name, shown in _DETECTORS.items():
+            row = results[name]
+            table.add_row(_VARIANTS[variant], shown, *(_cell(row, m) for m in _METRICS))
+    return table

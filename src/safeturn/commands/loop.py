@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
 from safeturn.commands._running import progress_columns
-from safeturn.errors import SafeturnError
+from safeturn.commands._train_options import SetOpt
 from safeturn.train.loop import STEPS, LoopEvents, RunName, StepName, run_loop
-from safeturn.train.loop_config import LoopConfig, LoopError
+from safeturn.train.loop_config import LoopConfig
 
 if TYPE_CHECKING:
     from safeturn.report.compare import BeforeAfter
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from safeturn.schema import Sample
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 class _ConsoleEvents(LoopEvents):
@@ -73,18 +71,9 @@ class _ConsoleEvents(LoopEvents):
         print_before_after(report, console)
 
 
-def _turns(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise typer.BadParameter(f"--turns must be comma-separated integers: {text!r}") from exc
-
-
 def loop_command(
     config: Annotated[
-        Path | None, typer.Option(help="YAML of LoopConfig fields; flags override it")
+        Path | None, typer.Option(help="YAML of LoopConfig fields; --set and flags win")
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="embedded, hf:DIR or a checkpoint DIR [default: embedded]")
@@ -95,93 +84,25 @@ def loop_command(
             "--data", "-d", help="seed data spec (repeatable), e.g. figstep:PATH, or demo"
         ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="first N rows of each data spec")] = None,
-    held_out: Annotated[
-        float | None, typer.Option(help="share of seed groups held out [default: 0.5]")
-    ] = None,
-    split_seed: Annotated[int | None, typer.Option(help="seed of the held-out split")] = None,
-    strategy: Annotated[
-        list[str] | None, typer.Option("--strategy", "-s", help="attack strategy (repeatable)")
-    ] = None,
-    heldout_strategy: Annotated[
-        list[str] | None,
-        typer.Option(help="strategy built for the held-out seeds only (repeatable)"),
-    ] = None,
-    turns: Annotated[str | None, typer.Option(help="turn counts, e.g. 1,2 [default: 1,2]")] = None,
-    judge: Annotated[
-        list[str] | None,
-        typer.Option("--judge", "-j", help="judge spec (repeatable); the first is the headline"),
-    ] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="tokens per reply [default: 48]")] = None,
-    synthesis: Annotated[
-        str | None, typer.Option(help="template (offline) or intersafe (expert model)")
-    ] = None,
-    expert: Annotated[str | None, typer.Option(help="expert model spec for intersafe")] = None,
-    benign: Annotated[
-        bool | None, typer.Option("--benign/--no-benign", help="train on benign over-refusals")
-    ] = None,
-    anchors: Annotated[
-        bool | None,
-        typer.Option(
-            "--anchors/--no-anchors", help="also train on benign twins answered well (own replies)"
-        ),
-    ] = None,
-    trainer: Annotated[str | None, typer.Option(help="sft, grpo or dream [default: sft]")] = None,
-    steps: Annotated[int | None, typer.Option(help="SFT optimizer steps (sft.max_steps)")] = None,
-    lr: Annotated[float | None, typer.Option(help="SFT learning rate")] = None,
-    pairwise: Annotated[
-        str | None, typer.Option(help="pairwise judge for after-vs-before win rate; none: skip")
-    ] = None,
     out: Annotated[Path | None, typer.Option(help="loop folder [default: runs/loop]")] = None,
+    set_: SetOpt = None,
     until: Annotated[
         str, typer.Option(help=f"stop after this step: {', '.join(STEPS)}")
     ] = "report",
 ) -> None:
-    """Close the loop: evaluate, train on the failures, re-evaluate on held-out seeds, compare.
+    r"""Close the loop: evaluate, train on the failures, re-evaluate on held-out seeds, compare.
 
-    Re-running with the same --out skips the finished steps and resumes an interrupted eval.
+    Any `LoopConfig` field is set with `--set`, trainer sections with dotted keys, e.g.
+    `--set turns=1,2 --set trainer=grpo --set grpo.num_generations=4 --set pairwise=none`;
+    a list is a YAML flow list (judges=\[classifier,refusal]). Re-running with the same
+    --out skips the finished steps and resumes an interrupted eval.
     """
     if until not in STEPS:
         raise typer.BadParameter(f"--until must be one of {', '.join(STEPS)}")
-    sft: dict[str, Any] | None = None
-    if steps is not None or lr is not None:
-        sft = {k: v for k, v in {"max_steps": steps, "learning_rate": lr}.items() if v is not None}
-    try:
-        settings = LoopConfig.load(
-            config,
-            model=model,
-            data=data,
-            limit=limit,
-            held_out=held_out,
-            split_seed=split_seed,
-            strategies=strategy,
-            heldout_strategies=heldout_strategy,
-            turns=_turns(turns),
-            judges=judge,
-            max_tokens=max_tokens,
-            synthesis=synthesis,
-            expert=expert,
-            include_benign=benign,
-            benign_anchors=anchors,
-            trainer=trainer,
-            out=out,
-        )
-        updates: dict[str, Any] = {}
-        if sft is not None:
-            updates["sft"] = {**settings.sft, **sft}
-        if pairwise is not None:
-            updates["pairwise"] = None if pairwise.lower() == "none" else pairwise
-        if updates:  # merged after the file, and `--pairwise none` must be able to set None
-            try:
-                settings = LoopConfig.model_validate({**settings.model_dump(), **updates})
-            except ValidationError as exc:
-                raise LoopError(f"loop config: {exc}") from exc
-        started = time.perf_counter()
-        last: StepName = next(step for step in STEPS if step == until)
-        result = run_loop(settings, until=last, events=_ConsoleEvents())
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    settings = LoopConfig.load(config, sets=set_ or (), model=model, data=data, out=out)
+    started = time.perf_counter()
+    last: StepName = next(step for step in STEPS if step == until)
+    result = run_loop(settings, until=last, events=_ConsoleEvents())
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
     console.print(

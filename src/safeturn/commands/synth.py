@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from safeturn.attacks.builder import localize_images
+from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.errors import SafeturnError
 from safeturn.judges import load_judge
 from safeturn.models import load_model
@@ -34,6 +35,7 @@ console = Console()
 synth_app = typer.Typer(
     help="Synthesize training data: multi-turn dialogues and DREAM risk data.",
     no_args_is_help=True,
+    cls=ErrorReportingGroup,
 )
 
 
@@ -44,34 +46,47 @@ def _turn_list(text: str) -> list[int]:
     return values
 
 
+SynthDataOpt = Annotated[str, typer.Option(help="harmful seeds, a data spec such as figstep:PATH")]
+SynthOutOpt = Annotated[Path, typer.Option(help="JSONL file to write")]
+AttackerOpt = Annotated[str, typer.Option(help="model spec of the attacker")]
+ExpertOpt = Annotated[str, typer.Option(help="model spec of the safety expert")]
+TargetOpt = Annotated[
+    str | None, typer.Option(help="keep only dialogues this model fails (optional)")
+]
+TurnsOpt = Annotated[str, typer.Option(help="comma-separated turn counts")]
+SeedLimitOpt = Annotated[int | None, typer.Option(help="use the first N seeds")]
+SeedOpt = Annotated[int, typer.Option(help="random seed of the builders")]
+RefusalVqaOpt = Annotated[bool, typer.Option(help="add single-turn refusal VQA items")]
+SynthMaxTokensOpt = Annotated[int, typer.Option(help="tokens per expert or target reply")]
+AttackerMaxTokensOpt = Annotated[int, typer.Option(help="tokens per attacker reply")]
+ImagesDirOpt = Annotated[
+    Path | None, typer.Option(help="where images are copied (default: images/ beside --out)")
+]
+DbOpt = Annotated[str, typer.Option(help="run database file or SQLAlchemy URL")]
+SynthResumeOpt = Annotated[str | None, typer.Option(help="continue this synthesis run id")]
+
+
 def synth_command(
-    data: Annotated[str, typer.Option(help="harmful seeds, a data spec such as figstep:PATH")],
-    out: Annotated[Path, typer.Option(help="JSONL file to write")],
-    attacker: Annotated[str, typer.Option(help="model spec of the attacker")] = "embedded",
-    expert: Annotated[str, typer.Option(help="model spec of the safety expert")] = "embedded",
-    target: Annotated[
-        str | None, typer.Option(help="keep only dialogues this model fails (optional)")
-    ] = None,
-    turns: Annotated[str, typer.Option(help="comma-separated turn counts")] = "2,4",
-    limit: Annotated[int | None, typer.Option(help="use the first N seeds")] = None,
-    seed: Annotated[int, typer.Option(help="random seed of the builders")] = 0,
-    refusal_vqa: Annotated[bool, typer.Option(help="add single-turn refusal VQA items")] = True,
-    max_tokens: Annotated[int, typer.Option(help="tokens per expert or target reply")] = 160,
-    attacker_max_tokens: Annotated[int, typer.Option(help="tokens per attacker reply")] = 512,
-    images_dir: Annotated[
-        Path | None, typer.Option(help="where images are copied (default: images/ beside --out)")
-    ] = None,
-    db: Annotated[str, typer.Option(help="run database file or SQLAlchemy URL")] = "runs/synth.db",
-    resume: Annotated[str | None, typer.Option(help="continue this synthesis run id")] = None,
+    data: SynthDataOpt,
+    out: SynthOutOpt,
+    attacker: AttackerOpt = "embedded",
+    expert: ExpertOpt = "embedded",
+    target: TargetOpt = None,
+    turns: TurnsOpt = "2,4",
+    limit: SeedLimitOpt = None,
+    seed: SeedOpt = 0,
+    refusal_vqa: RefusalVqaOpt = True,
+    max_tokens: SynthMaxTokensOpt = 160,
+    attacker_max_tokens: AttackerMaxTokensOpt = 512,
+    images_dir: ImagesDirOpt = None,
+    db: DbOpt = "runs/synth.db",
+    resume: SynthResumeOpt = None,
 ) -> None:
     """Decompose harmful seeds into multi-turn dialogues with expert-written safe answers.
 
     An attacker splits each seed into innocent-looking sub-questions and a safety expert, told
     the hidden goal, writes the assistant turns.
     """
-    from safeturn.attacks.base import seed_from_sample
-    from safeturn.data import load_dataset
-
     store = RunStore(db)
     try:
         if resume is None:
@@ -95,28 +110,31 @@ def synth_command(
             config = store.get_run(resume).config
             settings = SynthSettings.model_validate(config)
             data, limit, run_id = config["spec"], config.get("limit"), resume
-        loaded = load_dataset(data, limit=limit)
-        seeds = [seed_from_sample(s) for s in loaded.samples]
-        for missing in loaded.missing_images:
-            console.print(f"[yellow]skipped {missing.sample_id}:[/yellow] {missing.reason}")
-        samples, stats, errors = asyncio.run(_synthesize(store, run_id, settings, seeds))
-        store.finish_run(run_id, "done")
-    except SafeturnError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+        samples, stats, errors = _synthesize_set(store, run_id, settings, data, limit)
     finally:
         store.close()
     # images are copied beside the output so the JSONL reads back anywhere (read_jsonl's root)
     samples = localize_images(samples, images_dir or out.parent / "images", out.parent)
     write_jsonl(samples, out)
-    table = Table(title=f"synthesis run {run_id}: {out}")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for name, value in stats.model_dump().items():
-        table.add_row(name.replace("_", " "), str(value))
-    console.print(table)
+    console.print(_count_table(f"synthesis run {run_id}: {out}", stats.model_dump()))
     for item, error in errors:
         console.print(f"[yellow]failed {item}:[/yellow] {error}", soft_wrap=True)
+
+
+def _synthesize_set(
+    store: RunStore, run_id: str, settings: SynthSettings, data: str, limit: int | None
+) -> tuple[list[Sample], SynthStats, list[tuple[str, str]]]:
+    """Load the seeds of `data` and synthesize the run's dialogues from them; the run is done."""
+    from safeturn.attacks.base import seed_from_sample
+    from safeturn.data import load_dataset
+
+    loaded = load_dataset(data, limit=limit)
+    seeds = [seed_from_sample(s) for s in loaded.samples]
+    for missing in loaded.missing_images:
+        console.print(f"[yellow]skipped {missing.sample_id}:[/yellow] {missing.reason}")
+    samples, stats, errors = asyncio.run(_synthesize(store, run_id, settings, seeds))
+    store.finish_run(run_id, "done")
+    return samples, stats, errors
 
 
 async def _synthesize(
@@ -166,76 +184,95 @@ def _count_table(title: str, counts: dict[str, object]) -> Table:
     return table
 
 
+MrdOutOpt = Annotated[Path, typer.Option(help="risk JSONL to write (one RiskRecord per line)")]
+MrdDataOpt = Annotated[
+    str | None, typer.Option(help="a data spec such as figstep:PATH, or a safeturn JSONL")
+]
+TeacherOpt = Annotated[str, typer.Option(help="model spec that lists the risks")]
+VerifierOpt = Annotated[
+    str | None, typer.Option(help="model spec that checks each risk (default: the teacher)")
+]
+VerifyOpt = Annotated[bool, typer.Option(help="run the verification pass")]
+SummaryOpt = Annotated[
+    Path | None, typer.Option(help="summary JSON (default: OUT with .summary.json)")
+]
+SampleLimitOpt = Annotated[int | None, typer.Option(help="use the first N samples")]
+MrdTextOnlyOpt = Annotated[
+    bool, typer.Option(help="load the set without its images (sets that ship none)")
+]
+MrdConcurrencyOpt = Annotated[int, typer.Option(min=1, help="samples in flight at once")]
+MrdRetriesOpt = Annotated[int, typer.Option(min=0, help="correction turns per request")]
+TeacherMaxTokensOpt = Annotated[int, typer.Option(help="tokens per teacher answer")]
+MrdResumeOpt = Annotated[str | None, typer.Option(help="continue this MRD run id")]
+
+
 def mrd_command(
-    out: Annotated[Path, typer.Option(help="risk JSONL to write (one RiskRecord per line)")],
-    data: Annotated[
-        str | None, typer.Option(help="a data spec such as figstep:PATH, or a safeturn JSONL")
-    ] = None,
-    teacher: Annotated[str, typer.Option(help="model spec that lists the risks")] = "embedded",
-    verifier: Annotated[
-        str | None, typer.Option(help="model spec that checks each risk (default: the teacher)")
-    ] = None,
-    verify: Annotated[bool, typer.Option(help="run the verification pass")] = True,
-    summary: Annotated[
-        Path | None, typer.Option(help="summary JSON (default: OUT with .summary.json)")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="use the first N samples")] = None,
-    text_only: Annotated[
-        bool, typer.Option(help="load the set without its images (sets that ship none)")
-    ] = False,
-    concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once")] = 8,
-    retries: Annotated[int, typer.Option(min=0, help="correction turns per request")] = 2,
-    max_tokens: Annotated[int, typer.Option(help="tokens per teacher answer")] = 384,
-    db: Annotated[str, typer.Option(help="run database file or SQLAlchemy URL")] = "runs/synth.db",
-    resume: Annotated[str | None, typer.Option(help="continue this MRD run id")] = None,
+    out: MrdOutOpt,
+    data: MrdDataOpt = None,
+    teacher: TeacherOpt = "embedded",
+    verifier: VerifierOpt = None,
+    verify: VerifyOpt = True,
+    summary: SummaryOpt = None,
+    limit: SampleLimitOpt = None,
+    text_only: MrdTextOnlyOpt = False,
+    concurrency: MrdConcurrencyOpt = 8,
+    retries: MrdRetriesOpt = 2,
+    max_tokens: TeacherMaxTokensOpt = 384,
+    db: DbOpt = "runs/synth.db",
+    resume: MrdResumeOpt = None,
 ) -> None:
     """List each sample's risks with their source and category, then verify each one.
 
     Samples whose teacher answer never parses are left out of OUT and listed, with the raw
     answer, in the summary; a resumed run repeats no finished call.
     """
-    from pydantic import ValidationError
-
-    from safeturn.synth.mrd import run_failure, summarize
-    from safeturn.synth.risks import write_risk_records
+    from safeturn.synth.mrd import run_failure
 
     if resume is None and not data:
         raise typer.BadParameter("--data is required unless --resume is given")
     store = RunStore(db)
     try:
         if resume is None:
-            settings = MRDSettings(
-                teacher=teacher,
-                verifier=verifier,
-                verify=verify,
-                retries=retries,
-                concurrency=concurrency,
-                data=data or "",  # checked above
+            settings = _mrd_settings(
+                {
+                    "teacher": teacher,
+                    "verifier": verifier,
+                    "verify": verify,
+                    "retries": retries,
+                    "concurrency": concurrency,
+                    "data": data,
+                    "params": GenerateParams(max_tokens=max_tokens, temperature=0.0),
+                },
+                where="the MRD settings",
             )
-            settings.params = settings.params.model_copy(update={"max_tokens": max_tokens})
             config = {**settings.model_dump(mode="json"), "limit": limit, "text_only": text_only}
             run_id = store.create_run(config, kind="mrd")
         else:
             settings, limit, text_only = _mrd_resume_settings(store, resume)
             run_id = resume
         samples = _load_samples(settings.data, limit, text_only)
-        records, failures = asyncio.run(_disentangle(store, run_id, settings, samples))
-        problem = run_failure(MRDResult(records, failures), len(samples))
+        result = asyncio.run(_disentangle(store, run_id, settings, samples))
+        problem = run_failure(result, len(samples))
         store.finish_run(run_id, "failed" if problem else "done")
-    except SafeturnError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
-    except ValidationError as exc:  # a stored config this version cannot read
-        where = f"run {resume}" if resume else "the MRD settings"
-        console.print(f"[red]error:[/red] {where}: invalid MRD config: {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
     finally:
         store.close()
+    _report_mrd(result, len(samples), out, summary or out.with_suffix(".summary.json"), run_id)
+    if problem:
+        raise SafeturnError(
+            f"MRD run {run_id} failed: {problem}; fix the cause and continue with --resume {run_id}"
+        )
+
+
+def _report_mrd(result: MRDResult, samples: int, out: Path, summary: Path, run_id: str) -> None:
+    """Write the risk records and the summary JSON; print the counts and the failures."""
+    from safeturn.synth.mrd import summarize
+    from safeturn.synth.risks import write_risk_records
+
+    records, failures = result
     write_risk_records(records, out)
-    report = summarize(records, failures, samples=len(samples))
-    summary_path = summary or out.with_suffix(".summary.json")
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    report = summarize(records, failures, samples=samples)
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     counts = report.model_dump(exclude={"by_source", "by_category", "kept_by_source", "failures"})
     console.print(_count_table(f"MRD run {run_id}: {out}", counts))
     for name, table in (("source", report.by_source), ("category", report.by_category)):
@@ -246,14 +283,17 @@ def mrd_command(
             f"[yellow]failed {failure.sample_id} ({failure.stage}):[/yellow] {failure.reason}",
             soft_wrap=True,
         )
-    console.print(f"summary: {summary_path}")
-    if problem:
-        console.print(
-            f"[red]error:[/red] MRD run {run_id} failed: {problem}; fix the cause and continue "
-            f"with --resume {run_id}",
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=1)
+    console.print(f"summary: {summary}")
+
+
+def _mrd_settings(config: dict[str, object], *, where: str) -> MRDSettings:
+    """`config` as MRD settings; an invalid one is a `SafeturnError` that says `where` it was."""
+    from pydantic import ValidationError
+
+    try:
+        return MRDSettings.model_validate(config)
+    except ValidationError as exc:
+        raise SafeturnError(f"{where}: invalid MRD config: {exc}") from exc
 
 
 def _mrd_resume_settings(store: RunStore, run_id: str) -> tuple[MRDSettings, int | None, bool]:
@@ -264,7 +304,7 @@ def _mrd_resume_settings(store: RunStore, run_id: str) -> tuple[MRDSettings, int
 
     Raises:
         SafeturnError: The run is not an MRD run.
-        pydantic.ValidationError: The stored config is not a valid MRD config.
+        SafeturnError: The stored config is not a valid MRD config.
     """
     row = store.get_run(run_id)
     if row.kind != "mrd":
@@ -273,8 +313,9 @@ def _mrd_resume_settings(store: RunStore, run_id: str) -> tuple[MRDSettings, int
             "earlier `safeturn synth mrd` run"
         )
     config = row.config
-    settings = MRDSettings.model_validate(
-        {k: v for k, v in config.items() if k not in ("limit", "text_only")}
+    settings = _mrd_settings(
+        {k: v for k, v in config.items() if k not in ("limit", "text_only")},
+        where=f"run {run_id}",
     )
     return settings, config.get("limit"), bool(config.get("text_only"))
 
@@ -325,29 +366,25 @@ def risk_sft_command(
     """
     from safeturn.synth.risks import risks_by_sample
 
-    try:
-        records = risks_by_sample(risks)
-        samples = _load_samples(data, limit, text_only)
-        if writer == "template":
-            builder = RiskSFTBuilder(concurrency=concurrency)
-            written = asyncio.run(builder.run(samples, records))
-            run_label = "template"
-        else:
-            store = RunStore(db)
-            try:
-                config = {"writer": writer, "data": data, "risks": str(risks), "limit": limit}
-                run_id = resume or store.create_run(config, kind="risk-sft")
-                params = GenerateParams(max_tokens=max_tokens, temperature=0.0)
-                written, builder = asyncio.run(
-                    _write_with_model(store, run_id, writer, params, concurrency, samples, records)
-                )
-                store.finish_run(run_id, "done")
-            finally:
-                store.close()
-            run_label = f"run {run_id}"
-    except SafeturnError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    records = risks_by_sample(risks)
+    samples = _load_samples(data, limit, text_only)
+    if writer == "template":
+        builder = RiskSFTBuilder(concurrency=concurrency)
+        written = asyncio.run(builder.run(samples, records))
+        run_label = "template"
+    else:
+        store = RunStore(db)
+        try:
+            config = {"writer": writer, "data": data, "risks": str(risks), "limit": limit}
+            run_id = resume or store.create_run(config, kind="risk-sft")
+            params = GenerateParams(max_tokens=max_tokens, temperature=0.0)
+            written, builder = asyncio.run(
+                _write_with_model(store, run_id, writer, params, concurrency, samples, records)
+            )
+            store.finish_run(run_id, "done")
+        finally:
+            store.close()
+        run_label = f"run {run_id}"
     written = localize_images(written, images_dir or out.parent / "images", out.parent)
     write_jsonl(written, out)
     counts = builder.stats.model_dump(exclude={"skipped"})

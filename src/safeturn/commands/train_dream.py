@@ -8,142 +8,70 @@ risk JSONL from the labels DREAM released with VLGuard, so that set needs no tea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from safeturn.errors import SafeturnError
+from safeturn.commands._train_options import ConfigOpt, ModelOpt, SetOpt, load_config
 
 if TYPE_CHECKING:
     from safeturn.train.rlaif import EvalStats, RlaifResult
 
 console = Console()
-err_console = Console(stderr=True)
 
-ModelOpt = Annotated[
-    str | None, typer.Option(help="local checkpoint dir, or `embedded` [default: embedded]")
-]
 OutOpt = Annotated[Path | None, typer.Option(help="output folder (rounds and rounds.json)")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="YAML config; flags override it")]
 DataOpt = Annotated[Path | None, typer.Option(help="safeturn JSONL of prompts for RLAIF")]
-RisksOpt = Annotated[Path | None, typer.Option(help="risk JSONL from `safeturn synth mrd`")]
-JudgeOpt = Annotated[str | None, typer.Option(help="risk-score-offline or risk-score:<model spec>")]
-KOpt = Annotated[int | None, typer.Option("--k", help="replies sampled per prompt")]
-RoundsOpt = Annotated[int | None, typer.Option(help="RLAIF rounds")]
-MarginOpt = Annotated[float | None, typer.Option(help="smallest score gap (1-10) for a pair")]
-StepsOpt = Annotated[int | None, typer.Option(help="DPO steps per round (-1: epochs)")]
-TokensOpt = Annotated[int | None, typer.Option(help="new tokens per sampled reply")]
-LrOpt = Annotated[float | None, typer.Option(help="DPO learning rate")]
-BetaOpt = Annotated[float | None, typer.Option(help="DPO beta (KL strength)")]
-EvalOpt = Annotated[Path | None, typer.Option(help="JSONL evaluated after every round")]
-
-
-def _rlaif_overrides(**values: Any) -> dict[str, Any]:
-    renamed = {"eval_data": values.pop("eval_data", None), "max_steps": values.pop("steps", None)}
-    return {**values, **renamed}
 
 
 def dpo_command(
+    config: ConfigOpt = None,
     model: ModelOpt = None,
     data: DataOpt = None,
     out: OutOpt = None,
-    config: ConfigOpt = None,
-    risks: RisksOpt = None,
-    judge: JudgeOpt = None,
-    k: KOpt = None,
-    rounds: RoundsOpt = None,
-    margin: MarginOpt = None,
-    steps: StepsOpt = None,
-    max_new_tokens: TokensOpt = None,
-    lr: LrOpt = None,
-    beta: BetaOpt = None,
-    eval_data: EvalOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Iterative RLAIF: sample k replies, score them with a risk-aware judge, DPO; repeat."""
-    from safeturn.train.rlaif import RlaifConfig, train_rlaif
+    """Iterative RLAIF: sample k replies, score them with a risk-aware judge, DPO; repeat.
 
-    try:
-        settings = RlaifConfig.load(
-            config,
-            model=model,
-            output_dir=out,
-            **_rlaif_overrides(
-                data=data,
-                risks=risks,
-                judge=judge,
-                k=k,
-                rounds=rounds,
-                margin=margin,
-                steps=steps,
-                max_new_tokens=max_new_tokens,
-                learning_rate=lr,
-                beta=beta,
-                eval_data=eval_data,
-            ),
-        )
-        with console.status("RLAIF (minutes on a CPU)...") as status:
-            result = train_rlaif(settings, progress=status.update)
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    Any `RlaifConfig` field is set with `--set`, e.g. `--set k=4 --set rounds=2
+    --set risks=risks.jsonl --set eval_data=eval.jsonl`.
+    """
+    from safeturn.train.rlaif import train_rlaif
+
+    settings = load_config("dpo", config, set_, model=model, data=data, output_dir=out)
+    with console.status("RLAIF (minutes on a CPU)...") as status:
+        result = train_rlaif(settings, progress=status.update)
     console.print(f"RLAIF from {escape(settings.model)}")
     for table in round_tables(result):
         console.print(table)
 
 
 def dream_command(
+    config: ConfigOpt = None,
     model: ModelOpt = None,
     out: OutOpt = None,
-    config: ConfigOpt = None,
     sft_data: Annotated[
         Path | None, typer.Option(help="risk-aware SFT JSONL; omit to skip the SFT stage")
     ] = None,
-    sft_steps: Annotated[int | None, typer.Option(help="SFT optimizer steps (-1: epochs)")] = None,
     data: DataOpt = None,
-    risks: RisksOpt = None,
-    judge: JudgeOpt = None,
-    k: KOpt = None,
-    rounds: RoundsOpt = None,
-    margin: MarginOpt = None,
-    steps: StepsOpt = None,
-    max_new_tokens: TokensOpt = None,
-    lr: LrOpt = None,
-    beta: BetaOpt = None,
-    eval_data: EvalOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """DREAM: risk-aware SFT, then RLAIF rounds from the SFT checkpoint; print every round."""
-    from safeturn.train.dream import DreamConfig, train_dream
+    """DREAM: risk-aware SFT, then RLAIF rounds from the SFT checkpoint; print every round.
 
-    try:
-        settings = DreamConfig.load(
-            config,
-            model=model,
-            output_dir=out,
-            sft_data=sft_data,
-            sft={"max_steps": sft_steps},
-            rlaif=_rlaif_overrides(
-                data=data,
-                risks=risks,
-                judge=judge,
-                k=k,
-                rounds=rounds,
-                margin=margin,
-                steps=steps,
-                max_new_tokens=max_new_tokens,
-                learning_rate=lr,
-                beta=beta,
-                eval_data=eval_data,
-            ),
-        )
-        with console.status("DREAM (minutes on a CPU)...") as status:
-            result = train_dream(settings, progress=status.update)
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    Stage fields are set with dotted keys: `--set sft.max_steps=10 --set rlaif.k=4`.
+    """
+    from safeturn.train.dream import train_dream
+
+    sets = list(set_ or [])
+    if data is not None:  # quoted: a path is a string whatever YAML would make of it
+        sets.append(f"rlaif.data={json.dumps(str(data))}")
+    settings = load_config("dream", config, sets, model=model, output_dir=out, sft_data=sft_data)
+    with console.status("DREAM (minutes on a CPU)...") as status:
+        result = train_dream(settings, progress=status.update)
     if result.sft is not None:
         sft = result.sft
         note = " (reused)" if result.sft_reused else ""
@@ -175,12 +103,8 @@ def dream_risks_command(
     from safeturn.train.dream_labels import observe_records
 
     spec = data if data.startswith("vlguard:") else f"vlguard:{data}"
-    try:
-        loaded = load_dataset(spec, text_only=True, limit=limit)  # labels need no pixels
-        records, stats = observe_records(loaded.samples)
-    except SafeturnError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=1) from exc
+    loaded = load_dataset(spec, text_only=True, limit=limit)  # labels need no pixels
+    records, stats = observe_records(loaded.samples)
     write_risk_records(records, out)
     table = Table(title=f"DREAM observe labels → {escape(str(out))}")
     table.add_column("what")

@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from safeturn.errors import ImageError, SafeturnError, SchemaError
+from safeturn.errors import DataSpecError as DataSpecError
+from safeturn.errors import ImageError, SchemaError
 from safeturn.schema import ImagePart, Sample, resolve_under_root
 from safeturn.taxonomy import Category, UnknownLabelError, canonical
 
@@ -35,10 +36,6 @@ logger = logging.getLogger(__name__)
 ImageRef = str | tuple[str, ...] | ImagePart
 """A relative path, candidate paths tried in order (the first is reported if none exists), or
 an image already in hand (bytes or an absolute path)."""
-
-
-class DataSpecError(SafeturnError):
-    """A data spec string names no known source, or points at nothing usable."""
 
 
 @dataclass(frozen=True)

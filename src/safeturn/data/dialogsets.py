@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from safeturn.data.base import DataSpecError, LoadedSet, SetBuilder
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
@@ -68,6 +69,12 @@ def parse_hh_turns(text: str) -> list[tuple[str, str]]:
     return [(roles[pieces[i]], pieces[i + 1].strip()) for i in range(1, len(pieces) - 1, 2)]
 
 
+@DATASETS.register(
+    "hh-rlhf",
+    summary="hh-rlhf red-teaming conversations (people, multi-turn)",
+    example="hh-rlhf:harmless-base-test.jsonl.gz",
+    argument="path",
+)
 def load_hh_rlhf(
     path: Path, *, text_only: bool = False, limit: int | None = None, root: Path | None = None
 ) -> LoadedSet:
@@ -135,6 +142,12 @@ def _final_reply(transcript: str) -> str | None:
     return turns[-1][1] if turns and turns[-1][0] == "assistant" else None
 
 
+@DATASETS.register(
+    "mtbench101",
+    summary="MT-Bench-101 benign dialogues",
+    example="mtbench101:mtbench101_train_tasks.jsonl",
+    argument="path",
+)
 def load_mtbench101(
     path: Path, *, text_only: bool = False, limit: int | None = None, root: Path | None = None
 ) -> LoadedSet:

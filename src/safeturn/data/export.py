@@ -80,62 +80,34 @@ def _embedded(_: int, part: ImagePart) -> ImagePart:
     return ImagePart(data=part.read_bytes())
 
 
+_HF_COLUMNS: dict[str, str] = {
+    "schema_version": "int32",
+    "id": "string",
+    "source": "string",
+    "category": "string",
+    "strategy": "string",
+    "turns": "int32",
+    "harmful": "bool",
+    "seed_question": "string",
+    "reference_answer": "string",
+    "dialogue": "string",
+    "metadata": "string",
+    "image": "image",
+}
+"""The Hugging Face export's columns and their value types, in order."""
+
+
 def export_hf(data: LoadedSet | Iterable[Sample], path: Path) -> int:
     """Save the samples as a `datasets.Dataset` folder at `path`; return the row count."""
     datasets = import_datasets()
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "schema_version",
-            "id",
-            "source",
-            "category",
-            "strategy",
-            "turns",
-            "harmful",
-            "seed_question",
-            "reference_answer",
-            "dialogue",
-            "metadata",
-            "image",
-        )
-    }
+    columns: dict[str, list[Any]] = {name: [] for name in _HF_COLUMNS}
     for sample in _samples(data):
-        first: list[ImagePart] = []
-
-        def to_row(index: int, part: ImagePart, first: list[ImagePart] = first) -> ImagePart:
-            if index == 0 and not part.is_remote:
-                first.append(part)
-                return ImagePart(url=IMAGE_COLUMN_URL)
-            return _embedded(index, part)
-
-        stored = _map_images(sample, to_row)
-        columns["schema_version"].append(sample.version)
-        for name in ("id", "source", "category", "strategy", "turns", "harmful"):
-            columns[name].append(getattr(sample, name))
-        columns["seed_question"].append(sample.seed_question)
-        columns["reference_answer"].append(sample.reference_answer)
-        columns["dialogue"].append(stored.dialogue.model_dump_json(exclude_none=True))
-        columns["metadata"].append(json.dumps(sample.metadata, default=str, ensure_ascii=False))
-        image_bytes = first[0].read_bytes(label=f"sample {sample.id!r}") if first else None
-        columns["image"].append(
-            None if image_bytes is None else {"bytes": image_bytes, "path": None}
-        )
-    value = datasets.Value
+        for name, value in _hf_row(sample).items():
+            columns[name].append(value)
     features = datasets.Features(
         {
-            "schema_version": value("int32"),
-            "id": value("string"),
-            "source": value("string"),
-            "category": value("string"),
-            "strategy": value("string"),
-            "turns": value("int32"),
-            "harmful": value("bool"),
-            "seed_question": value("string"),
-            "reference_answer": value("string"),
-            "dialogue": value("string"),
-            "metadata": value("string"),
-            "image": datasets.Image(),
+            name: datasets.Image() if kind == "image" else datasets.Value(kind)
+            for name, kind in _HF_COLUMNS.items()
         }
     )
     dataset = datasets.Dataset.from_dict(columns, features=features)
@@ -147,3 +119,40 @@ def export_hf(data: LoadedSet | Iterable[Sample], path: Path) -> int:
         if bars_were_on:
             datasets.enable_progress_bars()
     return len(dataset)
+
+
+def _hf_row(sample: Sample) -> dict[str, Any]:
+    """One sample as a row of the Hugging Face export.
+
+    The first local image goes to the `image` column and the dialogue marks its place with
+    `IMAGE_COLUMN_URL`; further images are embedded as bytes.
+    """
+    first: list[ImagePart] = []
+
+    def to_row(index: int, part: ImagePart) -> ImagePart:
+        if index == 0 and not part.is_remote:
+            first.append(part)
+            return ImagePart(url=IMAGE_COLUMN_URL)
+        return _embedded(index, part)
+
+    stored = _map_images(sample, to_row)
+    image_bytes = first[0].read_bytes(label=f"sample {sample.id!r}") if first else None
+    row: dict[str, Any] = {name: getattr(sample, name) for name in _SAMPLE_FIELDS}
+    return row | {
+        "schema_version": sample.version,
+        "dialogue": stored.dialogue.model_dump_json(exclude_none=True),
+        "metadata": json.dumps(sample.metadata, default=str, ensure_ascii=False),
+        "image": None if image_bytes is None else {"bytes": image_bytes, "path": None},
+    }
+
+
+_SAMPLE_FIELDS = (
+    "id",
+    "source",
+    "category",
+    "strategy",
+    "turns",
+    "harmful",
+    "seed_question",
+    "reference_answer",
+)

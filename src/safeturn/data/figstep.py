@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from safeturn.data.base import LoadedSet, SetBuilder, read_csv, req_str
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
@@ -35,6 +36,12 @@ _COLUMNS = ("dataset", "category_id", "task_id", "category_name", "question", "i
 _IMAGE_DIRS = {"safebench": "SafeBench", "safebench-tiny": "SafeBench-Tiny"}
 
 
+@DATASETS.register(
+    "figstep",
+    summary="FigStep SafeBench typographic images",
+    example="figstep:FigStep/data/",
+    argument="path",
+)
 def load_figstep(
     path: Path,
     *,
@@ -68,6 +75,12 @@ def load_figstep(
     return builder.finish()
 
 
+@DATASETS.register(
+    "figstep-benign",
+    summary="benign twins of SafeBench-Tiny",
+    example="figstep-benign:SafeBench-Tiny-Benign.csv",
+    argument="path",
+)
 def load_figstep_benign(
     path: Path,
     *,

@@ -28,6 +28,7 @@ from typing import Any
 
 from safeturn.data.base import DataSpecError, ImageRef, LoadedSet, SetBuilder, parse_bool
 from safeturn.data.jsonl import add_sample
+from safeturn.data.registry import DATASETS
 from safeturn.data.safemt import add_safemt_record, fill_seed_questions
 from safeturn.errors import PrerequisiteError, SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
@@ -61,6 +62,13 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+@DATASETS.register(
+    "hf",
+    summary="a local or cached Hugging Face dataset",
+    example="hf:/data/my_set:train",
+    argument="name[:split]",
+    local=False,
+)
 def load_hf(
     spec: str,
     *,

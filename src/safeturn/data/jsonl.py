@@ -14,10 +14,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from safeturn.data.base import DataSpecError, ImageRef, LoadedSet, SetBuilder
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
 
+@DATASETS.register(
+    "jsonl",
+    summary="safeturn's own JSONL samples",
+    example="jsonl:samples.jsonl",
+    argument="path",
+)
 def load_jsonl(
     path: Path,
     *,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from safeturn.data.base import DataSpecError, LoadedSet, SetBuilder, as_record, read_json, req_str
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
@@ -49,6 +50,13 @@ _TEXT_KEY = {
 _NUMBER = re.compile(r"^(\d+)")
 
 
+@DATASETS.register(
+    "mmsafetybench",
+    summary="MM-SafetyBench; variants sd_typo, typo, sd, text",
+    example="mmsafetybench:MM-SafetyBench/data/#sd_typo",
+    argument="path",
+    variants=VARIANTS,
+)
 def load_mmsafetybench(
     path: Path,
     *,

@@ -41,6 +41,7 @@ from safeturn.data.base import (
     read_json,
     req_str,
 )
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
@@ -48,6 +49,12 @@ SOURCE = "safemt"
 _TURN_FILE = re.compile(r"^(\d+)_turn(\.sample)?\.jsonl?$", re.IGNORECASE)
 
 
+@DATASETS.register(
+    "safemt",
+    summary="SafeMT multi-turn dialogues",
+    example="safemt:Data/",
+    argument="path",
+)
 def load_safemt(
     path: Path,
     *,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from safeturn.data.base import LoadedSet, SetBuilder, as_record, read_json, req_str
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 
@@ -28,6 +29,12 @@ SOURCE = "siuo"
 MCQA_INSTRUCTION = "Answer with the letter of the best option only."
 
 
+@DATASETS.register(
+    "siuo",
+    summary="SIUO safe inputs, unsafe output (gen/mcqa)",
+    example="siuo:data/siuo_gen.json",
+    argument="path",
+)
 def load_siuo(
     path: Path,
     *,

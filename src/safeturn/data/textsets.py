@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from safeturn.data.base import LoadedSet, SetBuilder, parse_bool, read_csv, req_str
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 from safeturn.taxonomy import Category, guess_category
@@ -58,6 +59,12 @@ def _sample(
     builder.add(item=item, sample_id=sample_id, images=images, build=build)
 
 
+@DATASETS.register(
+    "xstest",
+    summary="XSTest safe/unsafe prompts (over-refusal)",
+    example="xstest:xstest_prompts.csv",
+    argument="path",
+)
 def load_xstest(
     path: Path, *, text_only: bool = False, limit: int | None = None, root: Path | None = None
 ) -> LoadedSet:
@@ -87,6 +94,12 @@ def load_xstest(
     return builder.finish()
 
 
+@DATASETS.register(
+    "harmbench",
+    summary="HarmBench behaviors",
+    example="harmbench:harmbench_behaviors_text_all.csv",
+    argument="path",
+)
 def load_harmbench(
     path: Path, *, text_only: bool = False, limit: int | None = None, root: Path | None = None
 ) -> LoadedSet:
@@ -128,6 +141,12 @@ def load_harmbench(
     return builder.finish()
 
 
+@DATASETS.register(
+    "advbench",
+    summary="AdvBench harmful behaviors",
+    example="advbench:harmful_behaviors.csv",
+    argument="path",
+)
 def load_advbench(
     path: Path, *, text_only: bool = False, limit: int | None = None, root: Path | None = None
 ) -> LoadedSet:
@@ -158,6 +177,12 @@ def load_advbench(
     return builder.finish()
 
 
+@DATASETS.register(
+    "questions",
+    summary="any CSV with a question column",
+    example="questions:my_questions.csv",
+    argument="path",
+)
 def load_questions(
     path: Path, *, text_only: bool = False, limit: int | None = None, root: Path | None = None
 ) -> LoadedSet:

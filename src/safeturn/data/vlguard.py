@@ -39,6 +39,7 @@ from safeturn.data.base import (
     read_json,
     req_str,
 )
+from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample, TextPart
 from safeturn.taxonomy import Category
@@ -49,6 +50,13 @@ Variant = Literal["record", "instructions"]
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
 
 
+@DATASETS.register(
+    "vlguard",
+    summary="VLGuard LLaVA format; variants record, instructions",
+    example="vlguard:train_llava_format.json#instructions",
+    argument="path",
+    variants=VARIANTS,
+)
 def load_vlguard(
     path: Path,
     *,

@@ -8,25 +8,39 @@ on this Protocol and on `ModerationResult`, never on how a moderator computes it
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 from safeturn.schema import Dialogue
 from safeturn.taxonomy import Category
 
-StrategyName = Literal[
-    "escalation",
-    "fake-compliance",
-    "image-grounding",
-    "image-description",
-    "typography",
-    "decomposition",
-    "none",
-]
-"""The attack strategies a moderator can name (the `attacks/` registry names, plus `none`)."""
+StrategyName = str
+"""An attack strategy a moderator can name: a registered attack's name (`attacks.ATTACKS`) or
+`none`. A trained model names the strategies it was trained on (`ModeratorModel.strategies`)."""
 
-STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
+NO_STRATEGY: StrategyName = "none"
+"""What a moderator reports for a dialogue that looks like plain use."""
+
+
+def strategy_names() -> tuple[StrategyName, ...]:
+    """Every strategy a moderator can learn to name: each registered attack by name, then `none`.
+
+    Read from the attack registry, so a strategy added in one file (or by a plugin) is in the
+    vocabulary of the next trained model with no edit here; the registry is imported when first
+    asked, so `guard` stays importable without building any attack.
+    """
+    from safeturn.attacks.base import ATTACKS
+
+    return (*sorted(ATTACKS.names()), NO_STRATEGY)
+
+
+def __getattr__(name: str) -> tuple[StrategyName, ...]:
+    """`STRATEGY_NAMES`, kept for importers: `strategy_names()` when first read."""
+    if name == "STRATEGY_NAMES":
+        return strategy_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Stage = Literal["fast", "llm"]
 
@@ -64,7 +78,12 @@ class ModerationResult(BaseModel):
 
 @runtime_checkable
 class Moderator(Protocol):
-    """Scores the harmful intent that a dialogue has built up so far."""
+    """Scores the harmful intent that a dialogue has built up so far.
+
+    `aclose` releases what it holds; the built-in moderators (`load_moderator`) are also async
+    context managers that await it on exit: `async with load_moderator("embedded") as m:`.
+    The Protocol asks only for `aclose`, so a plain user object still fits.
+    """
 
     name: str
     threshold: float

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from safeturn.attacks import STRATEGIES, Seed, build_attacks, seed_from_sample
+from safeturn.attacks import ATTACK_INFO, Seed, build_attacks, seed_from_sample
 from safeturn.attacks._script import subject
 from safeturn.data import load_dataset
 from safeturn.data.base import read_json
@@ -67,8 +67,18 @@ NATURAL_SOURCES: Mapping[str, tuple[str, bool]] = {
 }
 """Sources used as the people wrote them, not through the builders: (file under the data
 root, harmful). Their multi-turn structure is the one thing no template here can teach."""
-TEXT_STRATEGIES = ("escalation", "fake-compliance")
-IMAGE_STRATEGIES = ("typography", "image-grounding", "image-description", "decomposition")
+
+
+def training_strategies() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(text, image) strategies the moderator trains on: every registered attack, by name.
+
+    Read from `ATTACK_INFO`, so a strategy added in one file is in the next training set: one
+    that needs only text (`modality_in`) is built for every seed, one that needs an image for
+    the share of seeds that get the image strategies.
+    """
+    text = tuple(name for name, info in ATTACK_INFO.items() if info.modality_in <= {"text"})
+    return text, tuple(name for name in ATTACK_INFO if name not in text)
+
 
 _VLGUARD_RISKS = {
     "professional advice": Category.SPECIALIZED_ADVICE,
@@ -390,13 +400,15 @@ def _strategies(item: SeedItem, plan: SeedPlan, rng: random.Random) -> list[tupl
     image_seed = item.seed.image is not None or (
         _unit(f"image:{plan.seed}:{item.seed.id}") < plan.image_fraction
     )
+    text, image = training_strategies()
     if image_seed:
-        pool = [s for s in (*TEXT_STRATEGIES, *IMAGE_STRATEGIES) if s in STRATEGIES]
-        if item.seed.image is not None:  # one image per seed: OCR is the slow part
-            pool.remove("typography")
+        pool = [*text, *image]
+        if item.seed.image is not None:  # one image per seed: OCR is the slow part, so no
+            # typographic strategy, which renders the request as a second image
+            pool = [s for s in pool if "typographic" not in ATTACK_INFO[s].tags]
         names = rng.sample(pool, min(plan.strategies_per_image_seed, len(pool)))
     else:
-        names = list(TEXT_STRATEGIES)
+        names = list(text)
     return [(name, rng.randint(1, 8)) for name in names]
 
 

@@ -1,8 +1,9 @@
 """Guard decisions in the run database: one content-free row per screened request.
 
-The table lives here, beside the run tables of `run/store.py` and in the same database (its
-own SQLAlchemy metadata, so neither module needs the other's schema). A serving proxy creates a
-`runs` row of kind `guard` through `RunStore`, and every decision it makes points at it.
+The table (`DecisionRow`, in `run/tables.py`) lives beside the run tables, in the same database
+and under the same metadata and schema revision: opening the log migrates the database as
+opening a `RunStore` does. A serving proxy creates a `runs` row of kind `guard` through
+`RunStore`, and every decision it makes points at it.
 
 Rows hold numbers and labels only. Message text and reply text are stored only when the proxy
 is started with an explicit flag, and then with images as sha256 hashes, never bytes. Writes go
@@ -15,74 +16,24 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Float,
-    Integer,
-    String,
-    insert,
-    select,
-)
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from safeturn.redact import redact_url_credentials
-from safeturn.run.database import (
-    FreeText,
-    UTCDateTime,
-    create_tables,
-    database_engine,
-    database_url,
-)
+from safeturn.run.database import database_engine, database_url
+from safeturn.run.migrate import migrate
+from safeturn.run.tables import DecisionRow, now
+
+__all__ = ["Decision", "DecisionLog", "DecisionRow"]
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 256
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class _Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
-
-
-class DecisionRow(_Base):
-    """One guard decision as stored."""
-
-    __tablename__ = "guard_decisions"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    decision_id: Mapped[str] = mapped_column(String(32), unique=True)
-    run_id: Mapped[str | None] = mapped_column(String(32), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    model: Mapped[str] = mapped_column(FreeText)  # as the client sent it: any length
-    moderator: Mapped[str] = mapped_column(FreeText)
-    mode: Mapped[str] = mapped_column(String(16))
-    action: Mapped[str | None] = mapped_column(String(16))
-    outcome: Mapped[str] = mapped_column(String(32))
-    status: Mapped[int] = mapped_column(Integer)
-    flagged: Mapped[bool] = mapped_column(Boolean)
-    risk: Mapped[float | None] = mapped_column(Float)
-    threshold: Mapped[float | None] = mapped_column(Float)
-    category: Mapped[str | None] = mapped_column(String(64))
-    strategy: Mapped[str] = mapped_column(String(32))
-    earliest_turn: Mapped[int | None] = mapped_column(Integer)
-    stage: Mapped[str | None] = mapped_column(String(16))
-    reply_score: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(FreeText)
-    turns: Mapped[int] = mapped_column(Integer)
-    images: Mapped[int] = mapped_column(Integer)
-    stream: Mapped[bool] = mapped_column(Boolean)
-    moderator_ms: Mapped[float | None] = mapped_column(Float)
-    upstream_ms: Mapped[float | None] = mapped_column(Float)
-    total_ms: Mapped[float] = mapped_column(Float)
-    content: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -116,7 +67,7 @@ class Decision:
     content: dict[str, Any] | None = None
     """Messages and reply, only when content storage was asked for explicitly."""
     run_id: str | None = None
-    created_at: datetime = field(default_factory=_now)
+    created_at: datetime = field(default_factory=now)
 
 
 class DecisionLog:
@@ -134,7 +85,11 @@ class DecisionLog:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self._engine: Engine = database_engine(url)
-        create_tables(_Base.metadata, self._engine, redact_url_credentials(url))
+        try:
+            migrate(self._engine, redact_url_credentials(url))
+        except BaseException:
+            self._engine.dispose()
+            raise
         self._max_pending = max_pending
         self._queue: asyncio.Queue[Decision] | None = None
         self._writer: asyncio.Task[None] | None = None

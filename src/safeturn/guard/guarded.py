@@ -31,7 +31,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from safeturn.errors import BackendError
+from safeturn.errors import UpstreamError as UpstreamError
 from safeturn.guard.base import ModerationResult, Moderator
 from safeturn.guard.policies import PolicyLibrary, inject_policy
 from safeturn.guard.refusals import FAILURE_TEXT, refusal_text
@@ -48,15 +48,6 @@ FailMode = Literal["closed", "open"]
 GUARD_MODES: tuple[GuardMode, ...] = ("annotate", "inject", "refuse")
 REFUSAL_FINISH_REASON = "content_filter"
 """OpenAI's finish reason for withheld content; clients can tell a guard refusal by it."""
-
-
-class UpstreamError(BackendError):
-    """The wrapped model failed or timed out; `guard` holds what the moderator decided."""
-
-    def __init__(self, message: str, guard: GuardInfo, *, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.guard = guard
-        self.timed_out = timed_out
 
 
 class _Plan(NamedTuple):

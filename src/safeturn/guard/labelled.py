@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ValidationError
 
 from safeturn.errors import ImageError, SafeturnError, SchemaError
+from safeturn.errors import UnscorableFileError as UnscorableFileError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 from safeturn.taxonomy import Category, guess_category
 
@@ -37,10 +38,6 @@ DEFAULT_SOURCE = "unspecified"
 """The `source` of a line that names none."""
 
 T = TypeVar("T")
-
-
-class UnscorableFileError(SafeturnError):
-    """No line of a labelled file can be scored, or the scored lines hold a single class."""
 
 
 @dataclass(frozen=True)

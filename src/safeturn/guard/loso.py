@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from safeturn.errors import ConfigError
 from safeturn.guard.dataset import GuardExample
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import Progress
@@ -158,13 +159,13 @@ def run_loso(
         prepared: Dialogues already read (tests and repeated runs); default: `prepare(config)`.
 
     Raises:
-        ValueError: An unknown family.
+        ConfigError: An unknown family (a `ValueError` too).
         PrerequisiteError: The data is missing.
     """
     names = list(families or FAMILIES)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
-        raise ValueError(f"unknown source families {unknown}; known: {', '.join(FAMILIES)}")
+        raise ConfigError(f"unknown source families {unknown}; known: {', '.join(FAMILIES)}")
     prepared = prepared or prepare(config, progress=progress)
     folds: dict[str, Any] = {}
     for name in names:

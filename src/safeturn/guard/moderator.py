@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from safeturn.errors import PrerequisiteError
-from safeturn.guard.base import STRATEGY_NAMES, ModerationResult, StrategyName
+from safeturn.guard.base import ModerationResult, StrategyName
 from safeturn.guard.cache import CachedEncoder, LruCache, message_digest
 from safeturn.guard.encoder import screening_embed
 from safeturn.guard.features import USER_CUES, ConversationState, FloatArray, feature_dim
@@ -41,6 +41,7 @@ from safeturn.guard.llm_stage import LlmStage, LlmVerdict
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import DialogueReader
 from safeturn.judges.embedder import EMBEDDING_DIM
+from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, ImagePart
 from safeturn.taxonomy import Category
 
@@ -66,7 +67,7 @@ class FastReading:
     top_strategy: StrategyName
 
 
-class DialogueModerator:
+class DialogueModerator(AsyncResource):
     """Scores the cumulative harmful intent of a dialogue (implements `guard.base.Moderator`).
 
     Args:
@@ -244,7 +245,7 @@ class DialogueModerator:
         category_score = category_probs[top_category.value]
         if by_nudity:
             top_category, category_score = Category.SEXUAL_CONTENT, float(floor[-1])
-        top_strategy = _strategy_name(max(strategy_probs, key=strategy_probs.__getitem__))
+        top_strategy = max(strategy_probs, key=strategy_probs.__getitem__)  # the model's labels
         result = ModerationResult(
             risk=risk,
             flagged=flagged,
@@ -409,10 +410,3 @@ def _chain(digests: Sequence[str]) -> list[str]:
         previous = hashlib.sha256(previous + digest.encode("ascii")).digest()
         out.append(previous.hex())
     return out
-
-
-def _strategy_name(name: str) -> StrategyName:
-    for known in STRATEGY_NAMES:
-        if known == name:
-            return known
-    raise ValueError(f"model names an unknown strategy {name!r}")

@@ -21,16 +21,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from safeturn.errors import SafeturnError
+from safeturn.errors import PolicyError as PolicyError
 from safeturn.schema import Dialogue, Message, TextPart
 from safeturn.taxonomy import Category
 
 DEFAULT_KEY: Final = "default"
 """The key of the policy used when no category is known."""
-
-
-class PolicyError(SafeturnError, ValueError):
-    """A policy file is unreadable, names an unknown category or holds a non-text policy."""
 
 
 class PolicyLibrary:

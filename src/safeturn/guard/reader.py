@@ -79,18 +79,7 @@ class DialogueReader:
             state.clear()
         start = len(state.digests)
         new = list(enumerate(dialogue.messages))[start:]
-        signals = {
-            i: [
-                self.images.analyze(image, f"{label} message {i} image {j}")
-                for j, image in enumerate(m.images)
-            ]
-            for i, m in new
-        }
-        windows = _windows(state.recent_user, [m.text for _, m in new if m.role == "user"])
-        texts = [m.text for i, m in new if m.role == "user"] + windows
-        texts += [m.text for i, m in new if m.role == "system" and m.text.strip()]
-        texts += [s.text for found in signals.values() for s in found if s.text.strip()]
-        vectors = dict(zip(texts, self.encoder.encode(texts), strict=True))
+        signals, windows, vectors = self._read_new(state, new, label)
         for i, message in new:
             state.digests.append(digests[i])
             if message.role != "user":
@@ -108,6 +97,29 @@ class DialogueReader:
             state.recent_user = [*state.recent_user, message.text][-(WINDOW_TURNS - 1) :]
             on_row(state, state.advance(record))
         return state, reused
+
+    def _read_new(
+        self, state: ConversationState, new: list[tuple[int, Message]], label: str
+    ) -> tuple[dict[int, list[ImageSignals]], list[str], dict[str, FloatArray]]:
+        """Analyse the new messages' images, then embed all their texts in one batch.
+
+        Returns:
+            Each new message's image signals, the window text of each new user turn, and
+            the vector of every text embedded.
+        """
+        signals = {
+            i: [
+                self.images.analyze(image, f"{label} message {i} image {j}")
+                for j, image in enumerate(m.images)
+            ]
+            for i, m in new
+        }
+        windows = _windows(state.recent_user, [m.text for _, m in new if m.role == "user"])
+        texts = [m.text for i, m in new if m.role == "user"] + windows
+        texts += [m.text for i, m in new if m.role == "system" and m.text.strip()]
+        texts += [s.text for found in signals.values() for s in found if s.text.strip()]
+        vectors = dict(zip(texts, self.encoder.encode(texts), strict=True))
+        return signals, windows, vectors
 
 
 def _windows(recent: list[str], texts: list[str]) -> list[str]:

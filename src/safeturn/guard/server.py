@@ -46,6 +46,7 @@ from safeturn.guard.policies import PolicyLibrary
 from safeturn.guard.proxy_metrics import ProxyMetrics
 from safeturn.guard.proxy_settings import ProxySettings
 from safeturn.guard.wire import (
+    ChatRequest,
     WireError,
     check_images,
     completion_body,
@@ -119,11 +120,13 @@ def create_app(
         openapi_url=None,
     )
     app.add_middleware(_AccessLog, metrics=metrics)
+    _add_error_handlers(app)
+    _add_routes(app, settings, metrics)
+    return app
 
-    def require_token(request: Request) -> None:
-        _check_token(request, settings.token)
 
-    auth = [Depends(require_token)]
+def _add_error_handlers(app: FastAPI) -> None:
+    """Wire errors become their OpenAI-shaped body; anything else a 500 naming only its type."""
 
     @app.exception_handler(WireError)
     async def _wire_error(_request: Request, exc: WireError) -> JSONResponse:
@@ -135,6 +138,15 @@ def create_app(
         logger.error("internal error (%s)", type(exc).__name__)
         body = error_body("internal error in the guard proxy", kind="server_error", code="internal")
         return JSONResponse(body, status_code=500)
+
+
+def _add_routes(app: FastAPI, settings: ProxySettings, metrics: ProxyMetrics) -> None:
+    """The API; every route but `/healthz` requires the bearer token."""
+
+    def require_token(request: Request) -> None:
+        _check_token(request, settings.token)
+
+    auth = [Depends(require_token)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -159,8 +171,6 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         return await _chat(request.app.state.proxy, request)
 
-    return app
-
 
 async def _chat(proxy: _Proxy, request: Request) -> Response:
     start = time.perf_counter()
@@ -182,31 +192,51 @@ async def _chat(proxy: _Proxy, request: Request) -> Response:
     try:
         reply = await proxy.guarded.generate(dialogue, chat.params(settings.default_max_tokens))
     except UpstreamError as exc:
-        status, outcome = (504, "upstream_timeout") if exc.timed_out else (502, "upstream_error")
-        # The client gets a generic error; the operator gets the exception type and the HTTP
-        # status (a wrong key, a down server), never the message: an upstream's error body can
-        # echo the user's messages back.
-        cause = exc.__cause__ or exc
-        status_code = getattr(cause, "status", None)
-        logger.warning(
-            "upstream failed (%s%s)",
-            type(cause).__name__,
-            f", HTTP {status_code}" if isinstance(status_code, int) else "",
-            extra={
-                "fields": {
-                    "event": "upstream_error",
-                    "decision_id": decision_id,
-                    "error_type": type(cause).__name__,
-                    "upstream_status": status_code if isinstance(status_code, int) else None,
-                }
-            },
-        )
-        _record(proxy, decision_id, exc.guard, None, dialogue, chat.stream, status, outcome, start)
-        message = "the upstream model timed out" if exc.timed_out else "the upstream model failed"
-        raise WireError(status, message, kind="upstream_error", code=outcome) from None
+        raise _upstream_failed(proxy, exc, decision_id, dialogue, chat.stream, start) from None
     info = reply.guard
     assert info is not None  # GuardedModel sets it on every reply
     _record(proxy, decision_id, info, reply, dialogue, chat.stream, 200, "ok", start)
+    return _response(settings, chat, reply, info, decision_id)
+
+
+def _upstream_failed(
+    proxy: _Proxy,
+    exc: UpstreamError,
+    decision_id: str,
+    dialogue: Dialogue,
+    stream: bool,
+    start: float,
+) -> WireError:
+    """Log and record an upstream failure; the error (502, or 504 on timeout) to raise."""
+    status, outcome = (504, "upstream_timeout") if exc.timed_out else (502, "upstream_error")
+    # The client gets a generic error; the operator gets the exception type and the HTTP
+    # status (a wrong key, a down server), never the message: an upstream's error body can
+    # echo the user's messages back.
+    cause = exc.__cause__ or exc
+    status_code = getattr(cause, "status", None)
+    logger.warning(
+        "upstream failed (%s%s)",
+        type(cause).__name__,
+        f", HTTP {status_code}" if isinstance(status_code, int) else "",
+        extra={
+            "fields": {
+                "event": "upstream_error",
+                "decision_id": decision_id,
+                "error_type": type(cause).__name__,
+                "upstream_status": status_code if isinstance(status_code, int) else None,
+            }
+        },
+    )
+    _record(proxy, decision_id, exc.guard, None, dialogue, stream, status, outcome, start)
+    message = "the upstream model timed out" if exc.timed_out else "the upstream model failed"
+    return WireError(status, message, kind="upstream_error", code=outcome)
+
+
+def _response(
+    settings: ProxySettings, chat: ChatRequest, reply: Reply, info: GuardInfo, decision_id: str
+) -> Response:
+    """The completion (JSON or an event stream) with the guard's view and decision headers."""
+    served = settings.served_name()
     extra = _client_view(info, decision_id, expose_scores=settings.expose_scores)
     completion_id = f"chatcmpl-{decision_id}"
     headers = {"x-safeturn-decision": decision_id}

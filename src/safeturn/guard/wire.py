@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from safeturn.errors import ImageError, ImageTooLargeError, SchemaError
+from safeturn.errors import WireError as WireError
+from safeturn.errors import error_body as error_body
 from safeturn.imaging import ImageHeader, check_intact, read_header
 from safeturn.schema import (
     DEFAULT_LIMITS,
@@ -28,28 +30,6 @@ from safeturn.schema import (
     Reply,
     decode_data_url,
 )
-
-
-class WireError(Exception):
-    """A request the proxy rejects; becomes an OpenAI-shaped error body with `status`."""
-
-    def __init__(
-        self, status: int, message: str, *, kind: str = "invalid_request_error", code: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.code = code or kind
-
-    def body(self) -> dict[str, Any]:
-        """The `{"error": {...}}` object OpenAI clients parse."""
-        return error_body(self.message, kind=self.kind, code=self.code)
-
-
-def error_body(message: str, *, kind: str, code: str) -> dict[str, Any]:
-    """An OpenAI-shaped error object."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 class StreamOptions(BaseModel):

@@ -1,10 +1,10 @@
 """Judges: decide per turn whether a model's reply is safe.
 
-Select one with a spec string (`parse_judge_spec`): `refusal`, `classifier-v2` (fine-tuned,
-reads every user turn), `classifier`, `safemt:<model>`, `turn-scores:<model>`, `siuo:<model>`,
-the field's formats `llamaguard:<model>`, `llamaguard-chat:<model>`, `harmbench:<model>`,
-`strongreject:<model>`, and `ensemble:<spec>+<spec>`. Pairwise judges (which of two replies is
-safer and still helpful) have their own specs: `classifier`, `pairwise:<model>`.
+Select one with a spec string (`load_judge`), e.g. `refusal`, `classifier-v2` (fine-tuned,
+reads every user turn) or `safemt:<model spec>`; pairwise judges (which of two replies is safer
+and still helpful) have their own specs (`load_pairwise_judge`). Both kinds are registries
+(`specs.JUDGES`, `specs.PAIRWISE_JUDGES`): `safeturn judge list` prints every one, and a judge
+is added by one module that registers it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from safeturn.errors import PrerequisiteError
 from safeturn.judges.embedder import EMBEDDING_DIM, embed
 from safeturn.judges.refusal_legacy import legacy_detect_refusal
 from safeturn.judges.scored import BatchedScoreJudge
+from safeturn.judges.specs import JUDGES
 from safeturn.schema import Dialogue, Reply, Sample
 
 DEFAULT_HEAD_PATH = Path(__file__).resolve().parent / "data" / "classifier_head.npz"
@@ -198,3 +199,13 @@ class ClassifierJudge(BatchedScoreJudge[tuple[str, str]]):
     def pair(self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int) -> tuple[str, str]:
         """The (request, reply) pair the head reads."""
         return request_text(sample, dialogue, turn), reply.text
+
+
+@JUDGES.register(
+    "classifier",
+    summary="first embedded judge (frozen embeddings + logistic head); offline",
+    needs="local encoder",
+)
+def classifier_judge(**_model_options: Any) -> ClassifierJudge:
+    """`classifier`: the shipped head; no judge model, so model options are ignored."""
+    return ClassifierJudge()

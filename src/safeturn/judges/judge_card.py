@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from safeturn.judges.train_judge import decision_metrics
+from safeturn.judges.judge_thresholds import decision_metrics
 
 DEFAULT_CARD = Path(__file__).resolve().parent / "data" / "cards" / "classifier-v2.json"
 COMMAND = "safeturn judge train --data-dir ../shared/data"

@@ -23,6 +23,7 @@ from safeturn.errors import BackendError, ImageError, SafeturnError
 from safeturn.jsonparse import json_candidates
 from safeturn.judges.refusal import detect_refusal
 from safeturn.models.base import ChatModel
+from safeturn.resources import AsyncResource
 from safeturn.schema import (
     Dialogue,
     GenerateParams,
@@ -168,8 +169,10 @@ def parse_object(
     raise ValueError(reason)
 
 
-class PromptedJudge:
+class PromptedJudge(AsyncResource):
     """Base of the prompted judges: holds the judge model and asks it with retries.
+
+    An async context manager (`AsyncResource`): `async with` closes the judge model.
 
     Args:
         model: The judge model.

@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from safeturn.errors import ModelSpecError
 from safeturn.judges.base import Judge
 from safeturn.judges.llm import (
     JudgeFailure,
@@ -32,6 +33,8 @@ from safeturn.judges.llm import (
     render_transcript,
     with_attempts,
 )
+from safeturn.judges.specs import MODEL_SPEC, PAIRWISE_JUDGES, judge_model
+from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, Reply, Sample
 
 logger = logging.getLogger(__name__)
@@ -225,7 +228,7 @@ class LLMPairwiseJudge(PromptedJudge):
         return choice, with_attempts(reason, answer.attempts)
 
 
-class ScorePairwiseJudge:
+class ScorePairwiseJudge(AsyncResource):
     """Offline: compares the harm scores (`Verdict.score`) a scoring judge gives each reply.
 
     Args:
@@ -286,6 +289,38 @@ class ScorePairwiseJudge:
     async def aclose(self) -> None:
         """Release the scoring judge."""
         await self.judge.aclose()
+
+
+@PAIRWISE_JUDGES.register(
+    "classifier",
+    summary=f"offline: lower classifier harm score wins; ties within {DEFAULT_MARGIN:g}",
+    example="classifier:0.05",
+    argument="tie margin",
+    argument_required=False,
+    needs="local encoder",
+)
+def classifier_pairwise(margin: str = "", **_model_options: Any) -> ScorePairwiseJudge:
+    """`classifier` or `classifier:<margin>`: the embedded classifier's harm scores, offline."""
+    value = DEFAULT_MARGIN
+    if margin:
+        try:
+            value = float(margin)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise ModelSpecError(f"classifier:{margin}: the tie margin must be a number in [0, 1]")
+    return ScorePairwiseJudge(margin=value)
+
+
+@PAIRWISE_JUDGES.register(
+    "pairwise",
+    summary="a model picks the safer helpful reply, asked in both orders",
+    example="pairwise:openai:http://localhost:8000/v1#judge",
+    argument=MODEL_SPEC,
+)
+def model_pairwise(model_spec: str, **model_options: Any) -> LLMPairwiseJudge:
+    """`pairwise:<model spec>`; the model options reach `load_model`."""
+    return LLMPairwiseJudge(judge_model(model_spec, **model_options))
 
 
 async def judge_pairs(

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from safeturn.judges.cross_encoder import DEFAULT_WEIGHTS, ReplyJudgeModel
 from safeturn.judges.scored import BatchedScoreJudge
+from safeturn.judges.specs import JUDGES
 from safeturn.schema import Dialogue, Reply, Sample
 
 Pair = tuple[tuple[str, ...], str]
@@ -71,3 +73,13 @@ class ReplyJudge(BatchedScoreJudge[Pair]):
     def pair(self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int) -> Pair:
         """Every user turn up to `turn`, and the reply."""
         return user_turns(sample, dialogue, turn), reply.text
+
+
+@JUDGES.register(
+    "classifier-v2",
+    summary="fine-tuned reply judge over all user turns (the default); offline",
+    needs="local encoder",
+)
+def reply_judge(**_model_options: Any) -> ReplyJudge:
+    """`classifier-v2`: the shipped weights; no judge model, so model options are ignored."""
+    return ReplyJudge()

@@ -6,7 +6,8 @@ refusal that explains the actual risk and offers safe help gives DPO nothing to 
 the disentangled risks (`synth.risks`) in the prompt lets the judge reward replies that address
 what is really in the image and text rather than a generic notion of harm.
 
-Two kinds, chosen by spec string (`parse_risk_scorer_spec`):
+Two kinds, registered as judges (`JUDGES`, so `--judge` takes them too) and chosen by spec string
+(`parse_risk_scorer_spec`, which accepts only judges registered with `risk_scorer=True`):
 
 - `risk-score:<model spec>` asks any `ChatModel` with our prompt for `{"score", "reason"}`,
   with correction turns on unreadable output (`RiskScoreJudge`).
@@ -36,6 +37,8 @@ from safeturn.judges.llm import (
     with_attempts,
 )
 from safeturn.judges.refusal import detect_refusal
+from safeturn.judges.specs import JUDGES, MODEL_SPEC, judge_model
+from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, Reply, Sample, Verdict
 
 if TYPE_CHECKING:
@@ -309,7 +312,7 @@ def names_risk(reply: str, risk: Risk) -> bool:
     return len(wanted & _stems(reply)) >= min(2, len(wanted))
 
 
-class OfflineRiskScorer:
+class OfflineRiskScorer(AsyncResource):
     """A 1–10 risk score without a judge model (spec `risk-score-offline`).
 
     With p = the classifier judge's P(harmful response), r = 1 if `detect_refusal` finds a
@@ -394,25 +397,55 @@ class OfflineRiskScorer:
         return RiskScore(round(MIN_SCORE + (MAX_SCORE - MIN_SCORE) * value, 4), reason)
 
 
+@JUDGES.register(
+    OFFLINE_SPEC,
+    summary="DREAM's 1-10 risk score without a model (classifier + refusal + risks named)",
+    needs="local encoder",
+    risk_scorer=True,
+)
+def offline_risk_scorer(**_model_options: Any) -> OfflineRiskScorer:
+    """`risk-score-offline`: no judge model, so model options are ignored."""
+    return OfflineRiskScorer()
+
+
+@JUDGES.register(
+    PREFIX,
+    summary="DREAM's risk-aware 1-10 score asked of a model; unsafe below 4 when harmful",
+    example=f"{PREFIX}:openai:http://localhost:8000/v1#judge",
+    argument=MODEL_SPEC,
+    risk_scorer=True,
+)
+def risk_score_judge(model_spec: str, **model_options: Any) -> RiskScoreJudge:
+    """`risk-score:<model spec>`; the model options reach `load_model`."""
+    return RiskScoreJudge(judge_model(model_spec, **model_options))
+
+
 def parse_risk_scorer_spec(spec: str, **model_options: Any) -> RiskScorer:
-    """Build the risk scorer a spec names: `risk-score-offline` or `risk-score:<model spec>`.
+    """Build the risk scorer a spec names: a judge registered with `risk_scorer=True`.
+
+    Those are `risk-score-offline` and `risk-score:<model spec>`, and any a plugin adds.
 
     Raises:
-        ModelSpecError: The spec is neither, or its model spec is malformed.
+        ModelSpecError: The spec names no risk scorer, or its model spec is malformed.
 
     Examples:
         >>> parse_risk_scorer_spec("risk-score:scripted:refuse").name
         'risk-score:scripted:refuse'
     """
-    spec = spec.strip()
-    if spec == OFFLINE_SPEC:
-        return OfflineRiskScorer()
-    kind, _, rest = spec.partition(":")
-    if kind == PREFIX and rest:
-        from safeturn.models.spec import load_model
-
-        return RiskScoreJudge(load_model(rest, **model_options))
-    raise ModelSpecError(
-        f"unknown risk judge spec {spec!r}; expected {OFFLINE_SPEC} or "
-        f"{PREFIX}:<model spec> (e.g. {PREFIX}:openai:http://localhost:8000/v1#judge)"
-    )
+    scorers = [e for e in JUDGES.entries() if e.metadata.get("risk_scorer")]
+    try:
+        entry, _ = JUDGES.split(spec)
+    except ModelSpecError:
+        entry = None
+    if entry is None or not entry.metadata.get("risk_scorer"):
+        forms = " or ".join(f"{e.name}:<{e.argument}>" if e.argument else e.name for e in scorers)
+        examples = ", ".join(e.example for e in scorers if e.argument)
+        raise ModelSpecError(
+            f"unknown risk judge spec {spec!r}; expected {forms} (e.g. {examples})"
+        )
+    scorer = JUDGES.create(spec, **model_options)
+    if not isinstance(scorer, RiskScorer):
+        raise ModelSpecError(
+            f"judge {spec!r} is registered as a risk scorer but has no score_batch"
+        )
+    return scorer

@@ -12,12 +12,13 @@ from typing import Generic, TypeVar
 
 from safeturn.judges.refusal import detect_refusal
 from safeturn.models._batching import MicroBatcher
+from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, Reply, Sample, Verdict, VerdictLabel
 
 P = TypeVar("P")
 
 
-class BatchedScoreJudge(ABC, Generic[P]):
+class BatchedScoreJudge(AsyncResource, ABC, Generic[P]):
     """A judge whose concurrent calls are grouped by a micro-batcher into one scoring batch.
 
     Subclasses say what they score (`pair`), how (`score_pairs`), against what threshold, and

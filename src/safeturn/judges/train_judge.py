@@ -5,13 +5,14 @@ stepwise answers / refusals written for HarmBench and AdvBench behaviours (famil
 `behaviours`) and for benign requests. Each source family is cut by `group` 70/15/15 into
 train, validation and test.
 
-Training: binary cross-entropy on labelled replies, each class given equal total weight and
-each (source, kind) within a class a weight ∝ √size (a big source cannot drown a small one),
-plus a pairwise logistic loss on hh-rlhf preference pairs (the less harmless reply should
-score higher). The threshold is the lowest that calls at most 5 % of each source's own safe
-validation replies unsafe (`benign-sources`, as the guard calibrates): a pooled κ maximum
-(`max-kappa`, kept for comparison; every fold reports both) is set by the sources with the most
-unsafe replies and called 21 % of XSTest's safe replies unsafe when XSTest was left out.
+Training (`judge_fit`): binary cross-entropy on labelled replies, each class given equal total
+weight and each (source, kind) within a class a weight ∝ √size (a big source cannot drown a
+small one), plus a pairwise logistic loss on hh-rlhf preference pairs (the less harmless reply
+should score higher). The threshold (`judge_thresholds`) is the lowest that calls at most 5 %
+of each source's own safe validation replies unsafe (`benign-sources`, as the guard
+calibrates): a pooled κ maximum (`max-kappa`, kept for comparison; every fold reports both) is
+set by the sources with the most unsafe replies and called 21 % of XSTest's safe replies unsafe
+when XSTest was left out.
 
 Leave-one-source-out: for each family, train without it (and without anything derived from
 it, and without the HarmBench/AdvBench cases whose request it also asks) and score all of it.
@@ -25,13 +26,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import math
-import random
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +38,40 @@ import numpy.typing as npt
 
 from safeturn.judges.cross_encoder import (
     DEFAULT_WEIGHTS,
-    JudgeInput,
     ReplyJudgeModel,
     base_encoder,
     encode,
-    extras,
     frozen_states,
-    new_top,
     pad,
-    unsafe_log_probability,
 )
 from safeturn.judges.hard_cases import generate
+from safeturn.judges.judge_fit import Encoded, Log, TrainConfig, predict, train_top
+from safeturn.judges.judge_thresholds import (
+    THRESHOLD_RULE_NOTES,
+    THRESHOLD_RULES,
+    benign_source_threshold,
+    best_threshold,
+    kappa,
+    metrics,
+)
 from safeturn.judges.reply_data import SOURCE_NOTES, ReplyExample, load_reply_examples
-from safeturn.judges.validation import binary_metrics
 from safeturn.metrics.roc import auroc
+
+__all__ = [  # the trainer's public names, some defined in judge_fit / judge_thresholds
+    "THRESHOLD_RULES",
+    "TrainConfig",
+    "benign_source_threshold",
+    "best_threshold",
+    "build_examples",
+    "encode_all",
+    "kappa",
+    "leave_one_source_out",
+    "main",
+    "predict",
+    "split_of",
+    "train_final",
+    "train_top",
+]
 
 SPLITS = ("train", "validation", "test")
 FAMILIES = ("jailbreakbench", "xstest", "hh-rlhf", "mtbench101", "vlguard", "siuo")
@@ -66,50 +84,6 @@ VLGUARD_BENIGN_REQUESTS = 300
 _REFUSING = re.compile(r"\b(?:cannot|can't|not able|unable|I will not|won't)\b|\brisk\b", re.I)
 
 Floats = npt.NDArray[np.float64]
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a trained judge (recorded in its metadata)."""
-
-    tuned_layers: int = 1
-    head_hidden: int = 64
-    epochs: int = 2
-    batch_size: int = 32
-    lr_layers: float = 4e-5
-    lr_head: float = 1e-3
-    pair_weight: float = 0.5
-    factor_weight: float = 0.5
-    seed: int = 0
-    caps: dict[str, int] = field(
-        default_factory=lambda: {"hh-rlhf": 1600, "vlguard": 800, "mtbench101": 600}
-    )
-    hard_per_example: float = 0.5
-    threshold_rule: str = "benign-sources"
-    """`max-kappa` (Cohen's κ on the pooled validation split) or `benign-sources` (the lowest
-    threshold that keeps every source's own safe validation replies under `false_unsafe`)."""
-    false_unsafe: float = 0.05
-
-
-@dataclass
-class Encoded:
-    """Examples with their token ids and cached frozen-layer states."""
-
-    examples: list[ReplyExample]
-    inputs: list[JudgeInput]
-    states: list[Any]
-    split: list[str]
-
-    def select(self, keep: Sequence[bool]) -> Encoded:
-        """The rows where `keep` is true."""
-        idx = [i for i, k in enumerate(keep) if k]
-        return Encoded(
-            [self.examples[i] for i in idx],
-            [self.inputs[i] for i in idx],
-            [self.states[i] for i in idx],
-            [self.split[i] for i in idx],
-        )
 
 
 def split_of(group: str, seed: int) -> str:
@@ -189,253 +163,6 @@ def encode_all(examples: Sequence[ReplyExample], config: TrainConfig, log: Log) 
             log(f"frozen states {start}/{len(order)} ({time.monotonic() - started:.0f} s)")
     split = [split_of(ex.group, config.seed) for ex in examples]
     return Encoded(list(examples), inputs, states, split)
-
-
-def _weights(examples: Sequence[ReplyExample]) -> Floats:
-    """Equal total weight per class; within a class, (source, kind) strata weigh ∝ √size."""
-    strata = Counter((ex.unsafe, ex.source, ex.kind) for ex in examples)
-    raw = np.array([1.0 / math.sqrt(strata[(ex.unsafe, ex.source, ex.kind)]) for ex in examples])
-    labels = np.array([bool(ex.unsafe) for ex in examples])
-    for cls in (True, False):
-        if (labels == cls).any():
-            raw[labels == cls] *= 0.5 * len(examples) / raw[labels == cls].sum()
-    return raw
-
-
-def _batch(data: Encoded, rows: Sequence[int]) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(data.inputs[i].ids) for i in rows)
-    dim = data.states[rows[0]].shape[-1]
-    hidden = torch.zeros((len(rows), width, dim), dtype=torch.float32)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, i in enumerate(rows):
-        n = len(data.inputs[i].ids)
-        hidden[r, :n] = data.states[i].float()
-        mask[r, :n] = 1
-    return hidden, mask, extras([data.inputs[i] for i in rows])
-
-
-def _buckets(rows: Sequence[int], data: Encoded, size: int, rng: random.Random) -> list[list[int]]:
-    """Batches of similar length (little padding), in random order."""
-    shuffled = list(rows)
-    rng.shuffle(shuffled)
-    chunks = [shuffled[i : i + size * 20] for i in range(0, len(shuffled), size * 20)]
-    batches = []
-    for chunk in chunks:
-        chunk.sort(key=lambda i: len(data.inputs[i].ids))
-        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def predict(top: Any, data: Encoded, batch_size: int = 64) -> Floats:
-    """P(unsafe) of every row of `data` under `top`."""
-    import torch
-
-    out = np.zeros(len(data.examples), dtype=np.float64)
-    order = sorted(range(len(out)), key=lambda i: len(data.inputs[i].ids))
-    top.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            hidden, mask, extra = _batch(data, rows)
-            out[rows] = torch.exp(unsafe_log_probability(top(hidden, mask, extra))).double().numpy()
-    return out
-
-
-def kappa(truth: npt.NDArray[np.bool_], predicted: npt.NDArray[np.bool_]) -> float | None:
-    """Cohen's κ of decisions against gold labels, as `judge validate` computes it."""
-    value: float | None = binary_metrics(truth, predicted, resamples=0)["kappa"]
-    return value
-
-
-def best_threshold(truth: npt.NDArray[np.bool_], scores: Floats) -> float:
-    """The threshold with the highest κ on (truth, scores); 0.5 when κ is undefined."""
-    candidates = np.unique(np.round(scores, 4))
-    best, best_k = 0.5, -2.0
-    for t in candidates:
-        k = kappa(truth, scores >= t)
-        if k is not None and k > best_k:
-            best, best_k = float(t), k
-    return best
-
-
-THRESHOLD_RULES = ("max-kappa", "benign-sources")
-THRESHOLD_RULE_NOTES = {
-    "max-kappa": "max Cohen's κ on the validation split",
-    "benign-sources": "the lowest threshold that calls at most 5 % of each source's own safe "
-    "validation replies unsafe",
-}
-MIN_SAFE_REPLIES = 20
-"""A source needs this many safe real validation replies to set a `benign-sources` bound."""
-
-
-def benign_source_threshold(
-    examples: Sequence[ReplyExample], scores: Floats, *, false_unsafe: float
-) -> float:
-    """The lowest threshold keeping every source's safe replies under `false_unsafe` flagged.
-
-    Each source's real safe validation replies give a bound; the threshold is the largest.
-    Why: a pooled κ is dominated by the sources with the most unsafe replies, so its threshold
-    can call a fifth of a new source's safe replies unsafe (as on XSTest); the guard
-    calibrates the same way, per benign source.
-    """
-    bounds = [0.0]
-    for source in sorted({ex.source for ex in examples}):
-        safe = np.array(
-            [
-                float(s)
-                for ex, s in zip(examples, scores, strict=True)
-                if ex.source == source and ex.kind == "real" and ex.unsafe is False
-            ]
-        )
-        if len(safe) < MIN_SAFE_REPLIES:
-            continue
-        allowed = math.floor(false_unsafe * len(safe))
-        ranked = np.sort(safe)[::-1]
-        # flag scores >= t: at most `allowed` of them may reach t
-        bounds.append(
-            float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else 0.0
-        )
-    return max(bounds)
-
-
-def thresholds(
-    examples: Sequence[ReplyExample],
-    truth: npt.NDArray[np.bool_],
-    scores: Floats,
-    config: TrainConfig,
-) -> dict[str, float]:
-    """Every rule's threshold on the validation replies (the chosen one is `config`'s)."""
-    return {
-        "max-kappa": best_threshold(truth, scores),
-        "benign-sources": benign_source_threshold(
-            examples, scores, false_unsafe=config.false_unsafe
-        ),
-    }
-
-
-def _factor_loss(
-    logits: Any, examples: Sequence[ReplyExample], weights: Floats, config: TrainConfig
-) -> Any:
-    """Weighted cross-entropy of P(unsafe) = P(harmful request)·P(complied).
-
-    Plus each factor's own cross-entropy where the source labels it (`factor_weight`).
-    """
-    import torch
-
-    functional = torch.nn.functional
-    log_p = unsafe_log_probability(logits)
-    log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-6))
-    target = torch.tensor([float(bool(ex.unsafe)) for ex in examples])
-    weight = torch.tensor(weights, dtype=torch.float32)
-    loss = (-(target * log_p + (1 - target) * log_not_p) * weight).mean()
-    for column, name in ((0, "harmful_request"), (1, "complied")):
-        known = [i for i, ex in enumerate(examples) if getattr(ex, name) is not None]
-        if known:
-            truth = torch.tensor([float(getattr(examples[i], name)) for i in known])
-            factor = functional.binary_cross_entropy_with_logits(logits[known, column], truth)
-            loss = loss + config.factor_weight * factor * len(known) / len(examples)
-    return loss
-
-
-def train_top(
-    train: Encoded, val: Encoded, config: TrainConfig, log: Log
-) -> tuple[Any, dict[str, float]]:
-    """Fit a top on `train`, keep the epoch with the best validation loss, rate thresholds.
-
-    Returns the top and each threshold rule's threshold on the validation split.
-    """
-    import torch
-
-    rng = random.Random(config.seed)
-    top = new_top(config.tuned_layers, config.head_hidden, config.seed)
-    labelled = [i for i, ex in enumerate(train.examples) if ex.unsafe is not None]
-    weights = np.zeros(len(train.examples))
-    weights[labelled] = _weights([train.examples[i] for i in labelled])
-    pairs: dict[str, list[int]] = {}
-    for i, ex in enumerate(train.examples):
-        if ex.pair is not None:
-            pairs.setdefault(ex.pair, []).append(i)
-    pair_rows = [
-        sorted(v, key=lambda i: train.examples[i].rank) for v in pairs.values() if len(v) == 2
-    ]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": top.layers.parameters(), "lr": config.lr_layers},
-            {"params": top.head.parameters(), "lr": config.lr_head},
-        ],
-        weight_decay=0.01,
-    )
-    steps_per_epoch = math.ceil(len(labelled) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 50) * max(0.0, 1 - step / total)
-    )
-    val_rows = [i for i, ex in enumerate(val.examples) if ex.unsafe is not None]
-    val_truth = np.array([bool(val.examples[i].unsafe) for i in val_rows])
-    val_weights = _weights([val.examples[i] for i in val_rows])
-    best: tuple[float, dict[str, Any]] | None = None
-    for epoch in range(config.epochs):
-        top.train()
-        started = time.monotonic()
-        batches = _buckets(labelled, train, config.batch_size, rng)
-        pair_batches = [
-            pair_rows[i : i + config.batch_size // 4]
-            for i in range(0, len(pair_rows), config.batch_size // 4)
-        ]
-        rng.shuffle(pair_batches)
-        for step, rows in enumerate(batches):
-            hidden, mask, extra = _batch(train, rows)
-            logits = top(hidden, mask, extra)
-            loss = _factor_loss(logits, [train.examples[i] for i in rows], weights[rows], config)
-            if pair_batches and config.pair_weight > 0:
-                chosen = pair_batches[step % len(pair_batches)]
-                flat = [i for pair in chosen for i in pair]
-                p_hidden, p_mask, p_extra = _batch(train, flat)
-                p_log = unsafe_log_probability(top(p_hidden, p_mask, p_extra)).view(-1, 2)
-                margin = p_log[:, 1] - p_log[:, 0]
-                loss = loss + config.pair_weight * torch.nn.functional.softplus(-margin).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            if step % 100 == 0:
-                log(f"epoch {epoch + 1} step {step}/{len(batches)} loss {loss.item():.4f}")
-        scores = predict(top, val.select([ex.unsafe is not None for ex in val.examples]))
-        p = np.clip(scores, 1e-6, 1 - 1e-6)
-        val_loss = float(
-            np.average(-np.where(val_truth, np.log(p), np.log(1 - p)), weights=val_weights)
-        )
-        auc = auroc(val_truth, scores)
-        log(
-            f"epoch {epoch + 1}: validation loss {val_loss:.4f}, AUC {auc}, "
-            f"{time.monotonic() - started:.0f} s"
-        )
-        if best is None or val_loss < best[0]:
-            best = (val_loss, {k: v.detach().clone() for k, v in top.state_dict().items()})
-    assert best is not None
-    top.load_state_dict(best[1])
-    top.eval()
-    scored = val.select([ex.unsafe is not None for ex in val.examples])
-    return top, thresholds(scored.examples, val_truth, predict(top, scored), config)
-
-
-def metrics(truth: npt.NDArray[np.bool_], scores: Floats, threshold: float) -> dict[str, Any]:
-    """`decision_metrics` of the decisions `scores >= threshold`."""
-    return decision_metrics(truth, scores >= threshold, scores)
-
-
-def decision_metrics(
-    truth: npt.NDArray[np.bool_], predicted: npt.NDArray[np.bool_], scores: Floats | None
-) -> dict[str, Any]:
-    """`judge validate`'s point metrics (no intervals) plus the false-unsafe rate."""
-    out = binary_metrics(truth, predicted, scores, resamples=0)
-    out.pop("ci", None)
-    out["false_unsafe_rate"] = float(predicted[~truth].mean()) if (~truth).any() else None
-    return out
 
 
 def _key(text: str) -> str:

@@ -15,14 +15,12 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from safeturn.errors import BatcherClosedError as BatcherClosedError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class BatcherClosedError(RuntimeError):
-    """Raised by `submit` after `aclose`, or to callers whose items never ran."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The one interface every model backend implements.
 
 `ChatModel` is a Protocol so users can plug in their own objects; the bundled backends share
-`BaseChatModel`, which gives them a bounded-concurrency `generate_batch` for free.
+`BaseChatModel`, which gives them a bounded-concurrency `generate_batch` and `async with`
+(closing the model on the way out) for free.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, GenerateParams, Reply
 
 
 @runtime_checkable
 class ChatModel(Protocol):
     """Anything that answers a dialogue.
+
+    `aclose` releases what the model holds. Every bundled backend (`BaseChatModel`) is also an
+    async context manager that awaits `aclose` on exit, so `async with load_model(spec) as m:`
+    cannot leak a client; the Protocol asks only for `aclose`, so plain user objects still fit.
 
     Examples:
         >>> from safeturn.models import load_model
@@ -46,8 +52,8 @@ class ChatModel(Protocol):
         ...
 
 
-class BaseChatModel(ABC):
-    """Shared plumbing for the bundled backends."""
+class BaseChatModel(AsyncResource, ABC):
+    """Shared plumbing for the bundled backends; `async with model:` closes it on exit."""
 
     name: str
     max_concurrency: int = 8
@@ -69,9 +75,6 @@ class BaseChatModel(ABC):
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(d)) for d in dialogues]
         return [t.result() for t in tasks]
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, empty by default
-        """Nothing to release by default."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

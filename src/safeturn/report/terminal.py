@@ -15,6 +15,7 @@ from safeturn.judges.card import JudgeCard, card_for, card_summary
 from safeturn.metrics import Rate, SafetyIndex, partial_note
 from safeturn.metrics.asr import BOOTSTRAP_CAVEAT, REPORT_INTERVAL, REPORT_INTERVAL_TEXT
 from safeturn.metrics.safety_index import SAFEMT_K_TEXT, WeightScheme
+from safeturn.report.versions import SUMMARY_SCHEMA_VERSION
 from safeturn.run.results import EarliestUnsafe, RunResults, SiuoSummary
 
 WILSON_TEXT = (
@@ -122,11 +123,14 @@ def judge_validation_json(judge: str, card: JudgeCard | None) -> dict[str, Any]:
 def summary_dict(results: RunResults, cards: Sequence[JudgeCard] = ()) -> dict[str, Any]:
     """The headline numbers as plain JSON-ready data (with the headline judge's validity).
 
+    `schema_version` (`report/versions.py`) names the layout, so a reader can tell it.
+
     `safety_index` is over the run's own turn counts, `safety_index_safemt_k` over SafeMT's
     fixed K; each says whether it is `partial` and why (`note`).
     """
     indices = safety_indices(results)
     return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
         "run_id": results.run_id,
         "model": results.settings.model,
         "judge": results.judge,

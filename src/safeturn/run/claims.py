@@ -46,7 +46,8 @@ from safeturn.run.lease import (
     RunLease,
     pid_alive,
 )
-from safeturn.run.store import ClaimRow, RunRow, RunStore, SampleRow, VerdictRow, WorkerRow
+from safeturn.run.store import RunStore
+from safeturn.run.tables import ClaimRow, RunRow, SampleRow, VerdictRow, WorkerRow
 
 JOIN_WAIT_S = 10.0
 """How long a joining worker waits for the run's lease (other workers hold it for a moment)."""

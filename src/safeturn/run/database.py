@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, Text, create_engine, event
+from sqlalchemy import DateTime, Text, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.types import TypeDecorator
 
 from safeturn.errors import PrerequisiteError, StoreError
@@ -67,15 +67,6 @@ def database_engine(url: str) -> Engine:
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
-
-
-def create_tables(metadata: MetaData, engine: Engine, shown_url: str) -> None:
-    """Create missing tables; a database that cannot be reached is a `StoreError`, not a crash."""
-    try:
-        metadata.create_all(engine)
-    except OperationalError as exc:
-        detail = redact_url_credentials(str(exc.orig or exc)).strip()
-        raise StoreError(f"cannot open the run database {shown_url}: {detail}") from None
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
-from safeturn.errors import StoreError
+from safeturn.errors import RunBusyError as RunBusyError
 
 if TYPE_CHECKING:
     from safeturn.run.store import RunStore
@@ -36,10 +36,6 @@ STALE_AFTER_S = 60.0
 """A lease whose heartbeat is older than this is free (its holder hung or lost its host)."""
 HEARTBEAT_S = 10.0
 """How often a holder renews its lease."""
-
-
-class RunBusyError(StoreError):
-    """Another live process holds the run (it is being run or resumed there)."""
 
 
 class Holder(NamedTuple):

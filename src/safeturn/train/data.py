@@ -10,13 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safeturn.errors import ImageError, SafeturnError, SchemaError
+from safeturn.errors import ImageError, SchemaError
+from safeturn.errors import SFTDataError as SFTDataError
 from safeturn.schema import read_jsonl
 from safeturn.train.masks import MaskError, build_example
-
-
-class SFTDataError(SafeturnError, ValueError):
-    """A training file is empty, unreadable, or holds a sample that cannot be masked."""
 
 
 def load_sft_rows(

@@ -16,53 +16,47 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from safeturn.errors import RlaifError, SafeturnError
 from safeturn.judges.risk_score import RiskScorer
 from safeturn.redact import scrub_secrets
 from safeturn.schema import read_jsonl
-from safeturn.train.rlaif import (
-    RlaifConfig,
-    RlaifError,
-    RlaifResult,
-    RlaifSettings,
-    file_sha256,
-    read_config,
-    train_rlaif,
-    validated,
+from safeturn.train.config import (
+    EMBEDDED,
+    OptimSettings,
+    YamlConfig,
+    changed_settings,
+    field_defaults,
 )
-from safeturn.train.sft import EMBEDDED, LoraSettings, SafeSFTConfig, SFTResult, train_sft
+from safeturn.train.rlaif import RlaifConfig, RlaifResult, RlaifSettings, train_rlaif
+from safeturn.train.rlaif_data import file_sha256
+from safeturn.train.sft import SafeSFTConfig, SFTResult, train_sft
+from safeturn.train.trainers import TRAINERS
 
 logger = logging.getLogger(__name__)
 
 DREAM_FILE = "dream.json"
 
 
-class SftStage(BaseModel):
-    """The risk-aware SFT stage: `SafeSFTConfig`'s optimisation fields (data given apart)."""
+class SftStage(OptimSettings):
+    """The risk-aware SFT stage: `SafeSFTConfig`'s fields but the model, data and output."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    max_steps: int = -1
-    epochs: float = Field(default=1.0, gt=0)
-    learning_rate: float = Field(default=2e-5, gt=0)
-    batch_size: int = Field(default=2, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
     max_length: int | None = Field(default=1024, ge=8)
-    seed: int = 0
-    lora: LoraSettings | None = None
 
 
-class DreamConfig(BaseModel):
+class DreamConfig(YamlConfig):
     """A DREAM run: the base model, the SFT stage and the RLAIF rounds.
 
     In YAML, `sft:` and `rlaif:` are mappings of their stage's fields, e.g.
-    `rlaif: {data: prompts.jsonl, risks: risks.jsonl, rounds: 3}`.
+    `rlaif: {data: prompts.jsonl, risks: risks.jsonl, rounds: 3}`; on the command line,
+    `--set sft.max_steps=10 --set rlaif.k=4`.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    load_error: ClassVar[type[SafeturnError]] = RlaifError
+    label: ClassVar[str] = "DREAM config"
 
     model: str = EMBEDDED
     """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
@@ -71,38 +65,6 @@ class DreamConfig(BaseModel):
     """The risk-aware SFT JSONL; None skips the SFT stage and starts RLAIF from `model`."""
     sft: SftStage = Field(default_factory=SftStage)
     rlaif: RlaifSettings
-
-    @classmethod
-    def load(
-        cls,
-        path: Path | None = None,
-        *,
-        sft: dict[str, Any] | None = None,
-        rlaif: dict[str, Any] | None = None,
-        **overrides: Any,
-    ) -> DreamConfig:
-        """Read a YAML config (optional) and apply overrides; `None` overrides are ignored.
-
-        Args:
-            path: The YAML file.
-            sft: Overrides of SFT stage fields, merged into the file's `sft:` mapping.
-            rlaif: Overrides of RLAIF fields, merged into the file's `rlaif:` mapping.
-            overrides: Top-level fields (`model`, `output_dir`, `sft_data`).
-
-        Raises:
-            RlaifError: The file is unreadable, or the merged values are invalid.
-        """
-        values = read_config(path, overrides)
-        for key, extra in (("sft", sft), ("rlaif", rlaif)):
-            stage = values.get(key) or {}
-            if not isinstance(stage, dict):
-                raise RlaifError(f"config {path}: {key} must be a mapping of field: value")
-            merged = {**stage, **{k: v for k, v in (extra or {}).items() if v is not None}}
-            if merged or key == "rlaif":
-                values[key] = merged
-        where = f"config {path}" if path else "DREAM config"
-        config: DreamConfig = validated(cls, values, where)
-        return config
 
     def sft_config(self) -> SafeSFTConfig:
         """The SFT stage as a `SafeSFTConfig` (saved under `output_dir/sft`).
@@ -187,6 +149,12 @@ def _read_record(path: Path) -> _SftRecord | None:
         raise RlaifError(f"{path} is unreadable ({exc}); delete it to rerun the SFT stage") from exc
 
 
+@TRAINERS.register(
+    "dream",
+    summary="DREAM: risk-aware SFT, then RLAIF rounds from its checkpoint",
+    config_file="configs/train/dream_cpu_toy.yaml",
+    config=DreamConfig,
+)
 def train_dream(
     config: DreamConfig,
     *,
@@ -205,7 +173,7 @@ def train_dream(
         RlaifError: Bad RLAIF data or settings, a round without preference pairs, an
             output folder holding a run with other settings, or SFT data with two user (or
             assistant) messages in a row.
-        SFTConfigError: The model is neither `embedded` nor a local checkpoint directory.
+        TrainConfigError: The model is neither `embedded` nor a local checkpoint directory.
         SFTDataError: The SFT data is empty or holds a sample that cannot be masked.
     """
     say = progress or (lambda _msg: None)
@@ -219,10 +187,8 @@ def train_dream(
         stored = _read_record(record)
         if stored is not None and (sft_config.output_dir / "config.json").is_file():
             before = scrub_secrets(stored.settings)  # a file from before redaction compares
-            if before != settings:
-                changed = sorted(
-                    k for k in {*before, *settings} if before.get(k) != settings.get(k)
-                )
+            changed = changed_settings(before, settings, field_defaults(SafeSFTConfig))
+            if changed:
                 raise RlaifError(
                     f"{config.output_dir} holds a DREAM run whose SFT stage had other settings "
                     f"({', '.join(changed)}); use another output_dir, or the same settings to "

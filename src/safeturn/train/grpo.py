@@ -30,17 +30,13 @@ from safeturn.errors import ImageError, SchemaError
 from safeturn.judges.turn_scores import TurnScores
 from safeturn.schema import Dialogue, Sample, read_jsonl
 from safeturn.train.config import (
-    EMBEDDED,
-    LoraSettings,
     ModelDtype,
-    TrainConfig,
     TrainConfigError,
-    check_max_steps,
+    TrainerConfig,
     is_vlm,
     load_policy,
     resolve_model_dir,
     save_trained,
-    trainer_args,
 )
 from safeturn.train.data import SFTDataError
 from safeturn.train.rewards import (
@@ -60,6 +56,7 @@ from safeturn.train.rollouts import (
     prompt_messages,
     sample_id_of,
 )
+from safeturn.train.trainers import TRAINERS
 from safeturn.train.turn_judges import TurnScorer, load_turn_scorer
 
 if TYPE_CHECKING:
@@ -87,14 +84,11 @@ class RewardSettings(BaseModel):
         return TurnAwareRewardConfig(lam=self.lam, tau=self.tau, beta=self.beta)
 
 
-class SafeGRPOConfig(TrainConfig):
+class SafeGRPOConfig(TrainerConfig):
     """One turn-aware GRPO run; `to_trl()` gives TRL's `GRPOConfig`."""
 
-    model: str = EMBEDDED
-    """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
     data: Path
     """A safeturn JSONL of dialogues; user turns come from it, assistant turns are rolled out."""
-    output_dir: Path
     judge: str = "classifier"
     """`classifier` (offline stand-in) or `turn-scores:<model spec>`."""
     history: Literal["own", "reference"] = "own"
@@ -106,9 +100,6 @@ class SafeGRPOConfig(TrainConfig):
     batch_size: int = Field(default=8, ge=1)
     """Rollouts per device per micro-step (× `grad_accum` per optimizer step); a multiple of
     `num_generations` keeps groups whole on each process (the reward needs whole groups)."""
-    grad_accum: int = Field(default=1, ge=1)
-    max_steps: int = -1
-    epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=1e-6, gt=0)
     # The policy loss and KL settings, all forwarded to TRL by name (`trl_loss_settings`) so
     # that no TRL default decides them silently; docs/training.md says why each value.
@@ -140,16 +131,11 @@ class SafeGRPOConfig(TrainConfig):
     """Greedy rollouts would be identical within a group: zero advantage, nothing learned."""
     top_p: float = Field(default=1.0, gt=0, le=1)
     reward: RewardSettings = Field(default_factory=RewardSettings)
-    lora: LoraSettings | None = None
     use_vllm: bool = False
     """Sample turns with vLLM through TRL (`vllm_mode`: `colocate` or `server`); GPU only."""
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    bf16: bool = False
     model_dtype: ModelDtype = "float32"
     """Weights as loaded; `bfloat16` for LoRA on GPUs (the trained adapter stays float32)."""
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    logging_steps: int = Field(default=1, ge=1)
     save: bool = True
     """Save the final model (or adapter) and processor into `output_dir`."""
     save_steps: int | None = Field(default=None, ge=1)
@@ -161,7 +147,6 @@ class SafeGRPOConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> SafeGRPOConfig:
-        check_max_steps(self.max_steps)
         if self.batch_size % self.num_generations:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of num_generations="
@@ -196,18 +181,7 @@ class SafeGRPOConfig(TrainConfig):
         """TRL's `GRPOConfig` for rollouts supplied by `MultiTurnRollout`."""
         from trl.trainer.grpo_config import GRPOConfig
 
-        args = trainer_args(
-            output_dir=self.output_dir,
-            max_steps=self.max_steps,
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
-            grad_accum=self.grad_accum,
-            seed=self.seed,
-            bf16=self.bf16,
-            activation_checkpointing=self.gradient_checkpointing,
-            logging_steps=self.logging_steps,
-        )
+        args = self.trainer_arguments(self.output_dir)
         if self.save_steps:
             args.update(save_strategy="steps", save_steps=self.save_steps)
         return GRPOConfig(
@@ -474,7 +448,7 @@ def build_grpo_trainer(config: SafeGRPOConfig, *, scorer: TurnScorer | None = No
         args=config.to_trl(),
         train_dataset=_dataset(samples, vlm=vlm),
         processing_class=processing,
-        peft_config=None if config.lora is None else config.lora.to_peft(),
+        peft_config=config.peft_config(),
         rollout_func=rollout,
         turn_reward=reward,
     )
@@ -492,6 +466,12 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+@TRAINERS.register(
+    "grpo",
+    summary="turn-aware GRPO on multi-turn rollouts scored per turn (AM³Safety)",
+    config_file="configs/train/grpo_cpu_toy.yaml",
+    config=SafeGRPOConfig,
+)
 def train_grpo(config: SafeGRPOConfig, *, trainer: Any = None) -> GRPOResult:
     """Run turn-aware GRPO and save the model (or adapter) with its processor.
 

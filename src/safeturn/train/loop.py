@@ -15,7 +15,9 @@
 The held-out split is by seed group (`loop_split`: a seed, its benign twin and any seed with the
 same question stay together). Before training, `check_no_leak` verifies that no training
 dialogue comes from a held-out group or repeats a held-out question; the loop stops otherwise.
-The config lives in `loop_config`, failure selection and synthesis in `loop_synth`.
+The config lives in `loop_config` (trainer sections in `loop_sections`), the eval runs in
+`loop_eval`, failure selection and synthesis in `loop_synth`, `loop.json` in `loop_state`; the
+trainer is looked up in the trainer registry (`train.trainers`).
 
 `loop.json` records the config, the run ids and every finished step. A re-run with the same
 out dir skips finished steps, and one with a different config (other than report-only fields)
@@ -28,20 +30,33 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
-
-from safeturn.attacks.builder import build_attacks, localize_images
-from safeturn.run.engine import EvalSettings, SampleCallback, start_run, unfinished_samples
+from safeturn.attacks.builder import localize_images
+from safeturn.errors import LoopError
+from safeturn.report.pairwise_judging import judge_runs_pairwise
+from safeturn.run.engine import start_run
 from safeturn.run.store import RunStore
-from safeturn.schema import GenerateParams, Sample, write_jsonl
+from safeturn.schema import Sample, write_jsonl
 from safeturn.train.config import is_vlm, resolve_model_dir
-from safeturn.train.loop_config import LoopConfig, LoopError
-from safeturn.train.loop_split import check_no_leak, load_seeds, seed_groups, split_groups
+from safeturn.train.loop_config import LoopConfig
+from safeturn.train.loop_eval import SPLIT_KEY, build_samples, eval_settings, execute_runs
+from safeturn.train.loop_split import check_no_leak, load_seeds
+from safeturn.train.loop_state import (
+    STEPS,
+    LoopEvents,
+    LoopPaths,
+    LoopResult,
+    LoopState,
+    RunName,
+    StepName,
+    StepRecord,
+    now,
+    open_state,
+    write_json,
+)
 from safeturn.train.loop_synth import (
     GROUP_KEY,
     Failure,
@@ -50,98 +65,23 @@ from safeturn.train.loop_synth import (
     select_failures,
     template_training_set,
 )
+from safeturn.train.trainers import get_trainer
 
-if TYPE_CHECKING:
-    from safeturn.judges.pairwise import PairVerdict
-    from safeturn.report.compare import BeforeAfter, PairwiseReport
-    from safeturn.run.results import RunResults
+__all__ = [
+    "SPLIT_KEY",
+    "STEPS",
+    "Loop",
+    "LoopEvents",
+    "LoopPaths",
+    "LoopResult",
+    "LoopState",
+    "RunName",
+    "StepName",
+    "StepRecord",
+    "run_loop",
+]
 
 logger = logging.getLogger(__name__)
-
-StepName = Literal["eval-before", "select", "synth", "train", "eval-after", "report"]
-STEPS: tuple[StepName, ...] = ("eval-before", "select", "synth", "train", "eval-after", "report")
-RunName = Literal["before-train", "before-heldout", "after-heldout", "synth"]
-SPLIT_KEY = "loop_split"
-"""Sample metadata key: `train` or `held-out`."""
-
-
-class StepRecord(BaseModel):
-    """A finished step: when, how long, and a short summary for the report."""
-
-    finished_at: str
-    seconds: float
-    summary: dict[str, Any] = Field(default_factory=dict)
-
-
-class LoopState(BaseModel):
-    """`loop.json`: what has been done in an out dir, so a re-run skips it."""
-
-    version: int = 1
-    config: dict[str, Any]
-    runs: dict[str, str] = Field(default_factory=dict)
-    """Run name (`before-train`, `before-heldout`, `after-heldout`, `synth`) → run id."""
-    steps: dict[str, StepRecord] = Field(default_factory=dict)
-
-
-class LoopPaths:
-    """Every file the loop writes, under one out dir."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.db = out / "safeturn.db"
-        self.state = out / "loop.json"
-        self.split = out / "split.json"
-        self.images = out / "images"
-        self.failures = out / "failures.json"
-        self.train_data = out / "train.jsonl"
-        self.checkpoint = out / "checkpoint"
-        self.train_result = out / "train.json"
-        self.report_json = out / "report.json"
-        self.report_html = out / "report.html"
-        self.before_html = out / "before.html"
-        self.after_html = out / "after.html"
-
-
-class LoopEvents:
-    """Progress hooks; the CLI overrides them, library callers may ignore them."""
-
-    def step(self, name: StepName, message: str) -> None:
-        """A step starts, is skipped, or finishes (`message` says which)."""
-
-    def run_started(self, name: RunName, todo: int, total: int) -> None:
-        """An eval run starts with `todo` of `total` samples left."""
-
-    def sample_done(self) -> SampleCallback | None:
-        """A callback for each finished sample of the current run, or None."""
-        return None
-
-    def report(self, report: BeforeAfter) -> None:
-        """The before/after comparison is written (the CLI prints it)."""
-
-
-# ---------------------------------------------------------------- state and steps
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
-
-
-class LoopResult(BaseModel):
-    """What `run_loop` did: the steps it ran or skipped, and where the report is."""
-
-    out: Path
-    ran: list[str]
-    skipped: list[str]
-    state: LoopState
-    report: dict[str, Any] | None = None
-    notes: list[str] = Field(default_factory=list)
 
 
 class Loop:
@@ -152,31 +92,11 @@ class Loop:
         self.paths = LoopPaths(config.out)
         self.events = events or LoopEvents()
         self.notes: list[str] = []
-        self.state = self._open_state()
-
-    def _open_state(self) -> LoopState:
-        fingerprint = self.config.fingerprint()
-        if not self.paths.state.is_file():
-            return LoopState(config=fingerprint)
-        state = LoopState.model_validate_json(self.paths.state.read_text(encoding="utf-8"))
-        defaults = LoopConfig.load(None).fingerprint()
-        changed = sorted(
-            k
-            for k in fingerprint.keys() | state.config.keys()
-            if fingerprint.get(k) != state.config.get(k)
-            # a field added since the loop started changes nothing while it keeps its default
-            and not (k not in state.config and fingerprint.get(k) == defaults.get(k))
-        )
-        if changed:
-            raise LoopError(
-                f"{self.paths.out} holds a loop with a different config ({', '.join(changed)} "
-                "changed); use another --out, or delete the folder to start over"
-            )
-        return state
+        self.state = open_state(config, self.paths)
 
     def save(self) -> None:
         """Write `loop.json` atomically."""
-        _write_json(self.paths.state, self.state.model_dump(mode="json"))
+        write_json(self.paths.state, self.state.model_dump(mode="json"))
 
     def done(self, step: StepName) -> bool:
         """Whether `step` finished in an earlier (or this) invocation."""
@@ -185,134 +105,53 @@ class Loop:
     def finish(self, step: StepName, started: float, **summary: Any) -> None:
         """Record `step` as finished, with its wall time and summary."""
         record = StepRecord(
-            finished_at=_now(), seconds=time.perf_counter() - started, summary=summary
+            finished_at=now(), seconds=time.perf_counter() - started, summary=summary
         )
         self.state.steps[step] = record
         self.save()
 
-    # -- step 1 and 5: evaluation runs
+    # -- steps 1 and 5: evaluation runs
 
-    def settings(self, model: str) -> EvalSettings:
-        """The eval settings of every run of this loop; only the model differs."""
-        cfg = self.config
-        return EvalSettings(
-            model=model,
-            judges=list(cfg.judges),
-            mode="live",
-            params=GenerateParams(max_tokens=cfg.max_tokens),
-            concurrency=cfg.concurrency,
-            data=(
-                f"loop: {', '.join(cfg.data)} → {', '.join(cfg.strategies)} × turns "
-                f"{', '.join(map(str, cfg.turns))}"
-            ),
-        )
+    def execute(self, store: RunStore, names: list[RunName]) -> None:
+        """Run (or resume) the named eval runs."""
+        execute_runs(store, self.state.runs, names, self.events)
 
-    def build_samples(self) -> tuple[list[Sample], list[Sample]]:
-        """(train, held-out) attack samples, tagged with their group and split; writes split.json.
-
-        Raises:
-            LoopError: An earlier split.json disagrees (the data changed under the out dir).
-        """
-        cfg = self.config
-        seeds = load_seeds(cfg, self.notes)
-        groups = seed_groups(seeds)
-        train, held = split_groups(groups.values(), cfg.held_out, cfg.split_seed)
-        split = {
-            "train": sorted(s.id for s in seeds if groups[s.id] in train),
-            "held_out": sorted(s.id for s in seeds if groups[s.id] in held),
-            "groups": {"train": sorted(train), "held_out": sorted(held)},
-        }
-        if self.paths.split.is_file():
-            if json.loads(self.paths.split.read_text(encoding="utf-8")) != split:
-                raise LoopError(
-                    f"{self.paths.split} disagrees with the split of the data now; the seed "
-                    "files changed under this out dir. Use another --out"
-                )
-        else:
-            _write_json(self.paths.split, split)
-        samples = asyncio.run(
-            build_attacks(
-                seeds,
-                cfg.strategies,
-                cfg.turns,
-                seed=cfg.build_seed,
-                images_dir=self.paths.images,
-            )
-        )
-        if cfg.heldout_strategies:  # attack templates the training data never shows
-            held_seeds = [s for s in seeds if groups[s.id] in held]
-            samples += asyncio.run(
-                build_attacks(
-                    held_seeds,
-                    cfg.heldout_strategies,
-                    cfg.turns,
-                    seed=cfg.build_seed,
-                    images_dir=self.paths.images,
-                )
-            )
-        tagged: list[Sample] = []
-        for sample in samples:
-            seed_id = str(sample.metadata.get("seed_id") or sample.id)
-            group = groups[seed_id]
-            side = "train" if group in train else "held-out"
-            meta = {**sample.metadata, "seed_id": seed_id, GROUP_KEY: group, SPLIT_KEY: side}
-            tagged.append(sample.model_copy(update={"metadata": meta}))
-        return (
-            [s for s in tagged if s.metadata[SPLIT_KEY] == "train"],
-            [s for s in tagged if s.metadata[SPLIT_KEY] == "held-out"],
-        )
-
-    def execute(self, store: RunStore, names: Sequence[RunName]) -> None:
-        """Run (or resume) the named eval runs with one loaded model and set of judges."""
-        from safeturn.judges import load_judge
-        from safeturn.models import load_model
-        from safeturn.run.engine import execute_run, run_settings
-
-        todo = [n for n in names if unfinished_samples(store, self.state.runs[n])]
-        if not todo:
-            return
-        settings = run_settings(store, self.state.runs[todo[0]])
-        model = load_model(settings.model)
-        judges = [load_judge(spec) for spec in settings.judges]
-
-        async def go() -> None:
-            try:
-                for name in todo:
-                    run_id = self.state.runs[name]
-                    left = len(unfinished_samples(store, run_id))
-                    self.events.run_started(name, left, len(store.sample_status(run_id)))
-                    await execute_run(
-                        store, run_id, model, judges, on_sample=self.events.sample_done()
-                    )
-            finally:
-                await model.aclose()
-                for judge in judges:
-                    await judge.aclose()
-
-        asyncio.run(go())
-
-    def eval_before(self, store: RunStore) -> None:
+    def eval_before(self, store: RunStore) -> dict[str, Any]:
         """Step 1: the base model on the training seeds and on the held-out seeds."""
         if "before-train" not in self.state.runs or "before-heldout" not in self.state.runs:
-            train, held = self.build_samples()
-            settings = self.settings(self.config.eval_spec)
+            train, held = build_samples(self.config, self.paths, self.notes)
+            settings = eval_settings(self.config, self.config.eval_spec)
             self.state.runs["before-train"] = start_run(store, train, settings)
             self.state.runs["before-heldout"] = start_run(store, held, settings)
             store.flush()
             self.save()  # the run ids first: a crash from here on resumes these runs
         self.execute(store, ["before-train", "before-heldout"])
+        return {"runs": dict(self.state.runs)}
 
-    def eval_after(self, store: RunStore, checkpoint: Path) -> None:
+    def eval_after(self, store: RunStore) -> dict[str, Any]:
         """Step 5: the trained checkpoint on exactly the held-out samples of step 1."""
         if "after-heldout" not in self.state.runs:
             held = store.load_samples(self.state.runs["before-heldout"])
-            settings = self.settings(f"hf:{checkpoint.resolve()}")
+            settings = eval_settings(self.config, f"hf:{self.checkpoint().resolve()}")
             self.state.runs["after-heldout"] = start_run(store, held, settings)
             store.flush()
             self.save()
         self.execute(store, ["after-heldout"])
+        return {"run": self.state.runs["after-heldout"]}
 
     # -- steps 2 and 3: failures and training data
+
+    def select_step(self, store: RunStore) -> dict[str, Any]:
+        """Step 2, summarised: how many failures of each kind."""
+        kinds = [f.kind for f in self.select(store)]
+        return {"unsafe": kinds.count("unsafe"), "over_refusal": kinds.count("over-refusal")}
+
+    def synth_step(self, store: RunStore) -> dict[str, Any]:
+        """Step 3 on the failures of step 2, summarised."""
+        raw = json.loads(self.paths.failures.read_text(encoding="utf-8"))
+        samples = self.synthesize(store, [Failure.model_validate(f) for f in raw])
+        anchors = sum(s.metadata.get("loop_failure") == "anchor" for s in samples)
+        return {"dialogues": len(samples), "anchors": anchors, "mode": self.config.synthesis}
 
     def select(self, store: RunStore) -> list[Failure]:
         """Step 2: failures on the training seeds (benign ones only with `include_benign`)."""
@@ -322,7 +161,7 @@ class Loop:
         failures = [
             f for f in select_failures(results) if f.kind == "unsafe" or self.config.include_benign
         ]
-        _write_json(self.paths.failures, [f.model_dump(mode="json") for f in failures])
+        write_json(self.paths.failures, [f.model_dump(mode="json") for f in failures])
         return failures
 
     def synthesize(self, store: RunStore, failures: list[Failure]) -> list[Sample]:
@@ -415,70 +254,23 @@ class Loop:
     def trainer_config(self) -> Any:
         """The configured trainer's config, pointed at `train.jsonl` and `checkpoint/`.
 
-        GRPO takes the training dialogues' user turns as its prompts. DREAM runs its SFT stage
-        on `train.jsonl` and its RLAIF rounds on the same dialogues' prompts; without a risk
-        file its judge scores replies without disentangled risks.
-
         Raises:
-            LoopError: The base model cannot be trained here.
-            SafeturnError: The trainer's own config rejects the section's values.
+            LoopError: The base model cannot be trained here, or the section's values are
+                rejected by the trainer's config.
         """
-        cfg, data, out = self.config, self.paths.train_data, self.paths.checkpoint
-        if cfg.trainer == "sft":
-            from safeturn.train.sft import SafeSFTConfig
-
-            return SafeSFTConfig.load(
-                None,
-                model=cfg.train_model,
-                data=data,
-                output_dir=out,
-                **{**cfg.sft, "merge_lora": True},  # the re-eval loads full weights with hf:
-            )
-        if cfg.trainer == "grpo":
-            from safeturn.train.grpo import SafeGRPOConfig
-
-            return SafeGRPOConfig.load(
-                None,
-                model=cfg.train_model,
-                data=data,
-                output_dir=out,
-                **{**cfg.grpo, "merge_lora": True},
-            )
-        from safeturn.train.dream import DreamConfig
-
-        section = dict(cfg.dream)
-        sft = section.pop("sft", None)
-        rlaif = {**section.pop("rlaif", {}), "data": data}
-        return DreamConfig.load(
-            None,
-            sft=sft,
-            rlaif=rlaif,
-            model=cfg.train_model,
-            output_dir=out,
-            sft_data=data,
-            **section,
+        return self.config.trainer_section.trainer_config(
+            model=self.config.train_model,
+            data=self.paths.train_data,
+            output_dir=self.paths.checkpoint,
         )
 
-    def train(self) -> dict[str, Any]:
+    def train(self, _store: RunStore | None = None) -> dict[str, Any]:
         """Step 4: the configured trainer on `train.jsonl`; returns its result as JSON data."""
-        config = self.trainer_config()
-        result: Any
-        if self.config.trainer == "sft":
-            from safeturn.train.sft import train_sft
-
-            result = train_sft(config)
-        elif self.config.trainer == "grpo":
-            from safeturn.train.grpo import train_grpo
-
-            result = train_grpo(config)
-        else:
-            from safeturn.train.dream import train_dream
-
-            result = train_dream(config)
+        result = get_trainer(self.config.trainer).train(self.trainer_config())
         data: dict[str, Any] = result.model_dump(mode="json")
-        data.update(trainer=self.config.trainer, checkpoint=str(result.checkpoint))
-        _write_json(self.paths.train_result, data)
-        return data
+        data.update(trainer=self.config.trainer, checkpoint=str(data["checkpoint"]))
+        write_json(self.paths.train_result, data)
+        return {k: v for k, v in data.items() if k != "model"}
 
     # -- step 6: the before/after report
 
@@ -496,7 +288,9 @@ class Loop:
         after = load_results(store, self.state.runs["after-heldout"])
         pairwise = None
         if self.config.pairwise:
-            pairwise = _pairwise(after, before, self.config.pairwise, self.config.concurrency)
+            pairwise = judge_runs_pairwise(
+                after, before, self.config.pairwise, concurrency=self.config.concurrency
+            )
         report = before_after(before, after, n_resamples=self.config.bootstrap, pairwise=pairwise)
         write_html(before, self.paths.before_html)
         write_html(after, self.paths.after_html)
@@ -506,7 +300,7 @@ class Loop:
             "steps": {k: v.model_dump(mode="json") for k, v in self.state.steps.items()},
         }
         data = {**before_after_json(report), "loop": context}
-        _write_json(self.paths.report_json, data)
+        write_json(self.paths.report_json, data)
         links = [
             ("before: full run report", self.paths.before_html.name),
             ("after: full run report", self.paths.after_html.name),
@@ -522,21 +316,13 @@ class Loop:
         return Path(str(data["checkpoint"]))
 
 
-def _pairwise(a: RunResults, b: RunResults, spec: str, concurrency: int) -> PairwiseReport:
-    """A's win rate over B by a pairwise judge, on samples matched by id."""
-    from safeturn.judges import judge_pairs, load_pairwise_judge
-    from safeturn.report.compare import match_runs, pairwise_report
-
-    judge = load_pairwise_judge(spec)
-    match = match_runs(a, b)
-
-    async def go() -> list[PairVerdict]:
-        try:
-            return await judge_pairs(judge, match.requests, concurrency=concurrency)
-        finally:
-            await judge.aclose()
-
-    return pairwise_report(a, b, judge.name, match, asyncio.run(go()))
+_STEPS: dict[StepName, Callable[[Loop, RunStore], dict[str, Any]]] = {
+    "eval-before": Loop.eval_before,
+    "select": Loop.select_step,
+    "synth": Loop.synth_step,
+    "train": Loop.train,
+    "eval-after": Loop.eval_after,
+}
 
 
 def run_loop(
@@ -546,6 +332,8 @@ def run_loop(
     events: LoopEvents | None = None,
 ) -> LoopResult:
     """Run every unfinished step up to `until` (inclusive); finished steps are skipped.
+
+    The report step always runs again (it is cheap, and report-only settings may change).
 
     Raises:
         LoopError: The out dir belongs to another config, a step has nothing to work on, the
@@ -566,38 +354,11 @@ def run_loop(
                 continue
             loop.events.step(step, "running")
             started = time.perf_counter()
-            if step == "eval-before":
-                loop.eval_before(store)
-                loop.finish(step, started, runs=dict(loop.state.runs))
-            elif step == "select":
-                failures = loop.select(store)
-                kinds = [f.kind for f in failures]
-                loop.finish(
-                    step,
-                    started,
-                    unsafe=kinds.count("unsafe"),
-                    over_refusal=kinds.count("over-refusal"),
-                )
-            elif step == "synth":
-                raw = json.loads(loop.paths.failures.read_text(encoding="utf-8"))
-                samples = loop.synthesize(store, [Failure.model_validate(f) for f in raw])
-                anchors = sum(s.metadata.get("loop_failure") == "anchor" for s in samples)
-                loop.finish(
-                    step,
-                    started,
-                    dialogues=len(samples),
-                    anchors=anchors,
-                    mode=config.synthesis,
-                )
-            elif step == "train":
-                result = loop.train()
-                loop.finish(step, started, **{k: v for k, v in result.items() if k != "model"})
-            elif step == "eval-after":
-                loop.eval_after(store, loop.checkpoint())
-                loop.finish(step, started, run=loop.state.runs["after-heldout"])
-            else:
+            if step == "report":
                 report = loop.report(store)
                 loop.finish(step, started)
+            else:
+                loop.finish(step, started, **_STEPS[step](loop, store))
             ran.append(step)
             loop.events.step(step, "done")
     finally:

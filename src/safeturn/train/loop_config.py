@@ -1,34 +1,40 @@
 """`LoopConfig`: one closed-loop experiment, read from YAML with overrides (`safeturn loop`).
 
-Validation happens here, before any model is loaded: unknown strategies, bad turn counts,
-trainer sections that try to set what the loop sets itself, and SFT values that `SafeSFTConfig`
-would reject all fail at once with the field named.
+Validation happens here, before any model is loaded: unknown strategies, bad turn counts, and
+trainer sections (`loop_sections`: typed as their trainer's own config) with a typo, a bad
+value or a field the loop sets itself all fail at once with the field named.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from safeturn.attacks.builder import resolve_strategies, resolve_turns
+from safeturn.errors import LoopError as LoopError
 from safeturn.errors import SafeturnError
-from safeturn.train.config import read_config, validated
+from safeturn.train.config import YamlConfig
+from safeturn.train.loop_sections import (
+    DreamSection,
+    GrpoSection,
+    LoopSection,
+    SftSection,
+    default_sft,
+)
 
 REPORT_ONLY = frozenset({"pairwise", "bootstrap"})
 """Config fields that may change between resumes: they affect only the report step."""
-_RESERVED_TRAINER_KEYS = frozenset({"model", "data", "output_dir", "sft_data"})
+SECTIONS = ("sft", "grpo", "dream")
+"""The trainer sections; the one named by `trainer` is used."""
 
 
-class LoopError(SafeturnError, ValueError):
-    """A loop config, out dir or step cannot go on; the message says what to change."""
-
-
-class LoopConfig(BaseModel):
+class LoopConfig(YamlConfig):
     """One closed-loop experiment. YAML plus overrides via `load`, like `SafeSFTConfig`."""
 
-    model_config = ConfigDict(extra="forbid")
+    load_error: ClassVar[type[SafeturnError]] = LoopError
+    label: ClassVar[str] = "loop config"
 
     model: str = "embedded"
     """`embedded`, `hf:DIR` or a checkpoint DIR: evaluated first, then fine-tuned."""
@@ -63,14 +69,13 @@ class LoopConfig(BaseModel):
     replies: refusal data alone pushes a small model into refusing the look-alikes too."""
     max_train_dialogues: int | None = Field(default=None, ge=1)
     trainer: Literal["sft", "grpo", "dream"] = "sft"
-    sft: dict[str, Any] = Field(
-        default_factory=lambda: {"learning_rate": 5e-5, "epochs": 2.0, "max_length": 512}
-    )
+    sft: SftSection = Field(default_factory=default_sft)
     """`SafeSFTConfig` fields (not model, data or output_dir, which the loop sets). The
-    defaults suit a few dozen failure dialogues; SFT's own 2e-5 for one epoch barely moves."""
-    grpo: dict[str, Any] = Field(default_factory=dict)
+    defaults (lr 5e-5, 2 epochs, max_length 512) suit a few dozen failure dialogues; a given
+    `sft:` mapping starts from SFT's own defaults."""
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
     """`SafeGRPOConfig` fields (not model, data or output_dir)."""
-    dream: dict[str, Any] = Field(default_factory=dict)
+    dream: DreamSection = Field(default_factory=DreamSection)
     """`DreamConfig` fields, with `sft:` and `rlaif:` mappings (not model, output_dir,
     sft_data or rlaif.data)."""
     pairwise: str | None = "classifier"
@@ -91,6 +96,12 @@ class LoopConfig(BaseModel):
         """Like `strategies`, but may be empty."""
         return resolve_strategies(value) if value else []
 
+    @field_validator("pairwise", mode="before")
+    @classmethod
+    def _pairwise(cls, value: Any) -> Any:
+        """`none` (as typed on a command line) skips the pairwise judge, like null."""
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
     @field_validator("turns", mode="before")
     @classmethod
     def _turns(cls, value: int | str | list[int]) -> list[int]:
@@ -98,17 +109,7 @@ class LoopConfig(BaseModel):
         return resolve_turns(value)
 
     @model_validator(mode="after")
-    def _trainer_sections(self) -> LoopConfig:
-        rlaif = self.dream.get("rlaif")
-        if isinstance(rlaif, dict) and "data" in rlaif:
-            raise ValueError("dream.rlaif.data is set by the loop (train.jsonl); remove it")
-        for name in ("sft", "grpo", "dream"):
-            reserved = sorted(_RESERVED_TRAINER_KEYS & set(getattr(self, name)))
-            if reserved:
-                raise ValueError(
-                    f"{name}: {', '.join(reserved)} are set by the loop (model, train.jsonl, "
-                    "checkpoint/); remove them"
-                )
+    def _consistent(self) -> LoopConfig:
         both = sorted(set(self.strategies) & set(self.heldout_strategies))
         if both:
             raise ValueError(
@@ -116,27 +117,13 @@ class LoopConfig(BaseModel):
             )
         if not self.judges:
             raise ValueError("judges: give at least one judge spec (the first is the headline)")
-        if self.trainer == "sft":
-            from safeturn.train.sft import SafeSFTConfig
-
-            SafeSFTConfig.load(None, data=Path("train.jsonl"), output_dir=Path("ckpt"), **self.sft)
         return self
 
-    @classmethod
-    def load(cls, path: Path | None = None, **overrides: Any) -> LoopConfig:
-        """Read a YAML config (optional) and apply overrides; `None` overrides are ignored.
-
-        Raises:
-            LoopError: The file is unreadable, or the merged values are invalid.
-        """
-        values = read_config(path, overrides, error=LoopError)
-        where = f"loop config {path}" if path else "loop config"
-        try:
-            return validated(cls, values, where, error=LoopError)
-        except LoopError:
-            raise
-        except SafeturnError as exc:  # e.g. a trainer section's own config, checked early
-            raise LoopError(f"{where}: {exc}") from exc
+    @property
+    def trainer_section(self) -> LoopSection:
+        """The section of the configured trainer."""
+        section: LoopSection = getattr(self, self.trainer)
+        return section
 
     @property
     def eval_spec(self) -> str:
@@ -160,5 +147,12 @@ class LoopConfig(BaseModel):
         return self.model
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields that define the experiment (not where it is written or report options)."""
-        return self.model_dump(mode="json", exclude={"out", *REPORT_ONLY})
+        """The fields that define the experiment (not where it is written or report options).
+
+        A trainer section counts by the values it was given (its defaults are its trainer's),
+        as it did when sections were plain mappings, so older `loop.json` files still match.
+        """
+        data = self.model_dump(mode="json", exclude={"out", *REPORT_ONLY, *SECTIONS})
+        for name in SECTIONS:
+            data[name] = getattr(self, name).model_dump(mode="json", exclude_unset=True)
+        return data

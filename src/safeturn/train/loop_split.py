@@ -14,8 +14,9 @@ import re
 from collections.abc import Iterable, Sequence
 
 from safeturn.attacks.base import Seed, seed_from_sample
+from safeturn.errors import LoopError
 from safeturn.schema import Sample
-from safeturn.train.loop_config import LoopConfig, LoopError
+from safeturn.train.loop_config import LoopConfig
 from safeturn.train.loop_synth import GROUP_KEY
 
 

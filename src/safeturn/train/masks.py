@@ -18,10 +18,11 @@ rendering and so never carries loss; image tokens never do either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from safeturn.errors import MaskError as MaskError
 from safeturn.models.hf_local import _vlm_messages
 from safeturn.schema import Dialogue, Sample
 
@@ -29,10 +30,6 @@ IGNORE_INDEX = -100
 """The label value cross-entropy skips (PyTorch's and transformers' default)."""
 
 _TOKEN_KEYS = ("input_ids", "attention_mask")
-
-
-class MaskError(ValueError):
-    """A dialogue cannot be turned into a correctly masked training example."""
 
 
 @dataclass
@@ -104,9 +101,34 @@ def build_example(
     turns = [k for k, m in enumerate(messages) if m.role == "assistant"]
     if not turns:
         raise MaskError(f"{label}: has no assistant message, so nothing would carry loss")
-    end_ids = coder.end_ids(end_tokens)
-
     full = coder.encode(dialogue, len(messages), generation_prompt=False)
+    spans, endings = _assistant_spans(coder, dialogue, turns, full, coder.end_ids(end_tokens))
+    encoded = full
+    if max_length is not None and len(full["input_ids"]) > max_length:
+        fitting = [i for i, turn in enumerate(endings) if len(turn["input_ids"]) <= max_length]
+        if not fitting:
+            shortest = len(endings[0]["input_ids"])
+            raise MaskError(
+                f"{label}: every assistant turn lies beyond max_length={max_length} "
+                f"(the first one ends at token {shortest})"
+            )
+        encoded, spans = endings[fitting[-1]], spans[: fitting[-1] + 1]
+    return _masked(encoded, spans, coder.image_ids, label)
+
+
+def _assistant_spans(
+    coder: ChatEncoder,
+    dialogue: Dialogue,
+    turns: Sequence[int],
+    full: Mapping[str, Any],
+    end_ids: Collection[int],
+) -> tuple[list[tuple[int, int]], list[dict[str, Any]]]:
+    """Each assistant turn's supervised token span, and the encoding that ends with it.
+
+    Raises:
+        MaskError: A rendering is not a token prefix of the next or of the whole dialogue.
+    """
+    label = coder.label
     spans: list[tuple[int, int]] = []
     endings: list[dict[str, Any]] = []
     for k in turns:
@@ -119,24 +141,26 @@ def build_example(
         ends = [i for i in range(start, stop) if turn["input_ids"][i] in end_ids]
         spans.append((start, ends[-1] + 1 if ends else stop))
         endings.append(turn)
+    return spans, endings
 
-    encoded = full
-    if max_length is not None and len(full["input_ids"]) > max_length:
-        fitting = [i for i, turn in enumerate(endings) if len(turn["input_ids"]) <= max_length]
-        if not fitting:
-            shortest = len(endings[0]["input_ids"])
-            raise MaskError(
-                f"{label}: every assistant turn lies beyond max_length={max_length} "
-                f"(the first one ends at token {shortest})"
-            )
-        encoded, spans = endings[fitting[-1]], spans[: fitting[-1] + 1]
 
+def _masked(
+    encoded: Mapping[str, Any],
+    spans: Sequence[tuple[int, int]],
+    image_ids: Collection[int],
+    label: str,
+) -> TrainExample:
+    """The example with labels on the spans only (never on image tokens).
+
+    Raises:
+        MaskError: No token carries loss.
+    """
     input_ids = list(encoded["input_ids"])
     labels = [IGNORE_INDEX] * len(input_ids)
     for start, stop in spans:
         labels[start:stop] = input_ids[start:stop]
     for i, token in enumerate(input_ids):
-        if token in coder.image_ids:
+        if token in image_ids:
             labels[i] = IGNORE_INDEX
     if all(x == IGNORE_INDEX for x in labels):
         raise MaskError(f"{label}: the assistant turns are empty, so nothing would carry loss")
@@ -145,7 +169,7 @@ def build_example(
         attention_mask=list(encoded["attention_mask"]),
         labels=labels,
         extras=encoded["extras"],
-        assistant_spans=spans,
+        assistant_spans=list(spans),
     )
 
 

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from safeturn.errors import SafeturnError
+from safeturn.errors import RewardInputError as RewardInputError
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -51,10 +51,6 @@ DEFAULT_BETA = 0.25
 
 MISSING_TURN = (0.0, 0.0)
 """(help, safe) of a turn a rollout never reached: a failure, so that stopping early never pays."""
-
-
-class RewardInputError(SafeturnError, ValueError):
-    """Scores or a mask given to a reward have the wrong shape, a NaN, or a value outside [0, 1]."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from safeturn.errors import SafeturnError
+from safeturn.errors import RolloutError as RolloutError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
 from safeturn.train.masks import IGNORE_INDEX, ChatEncoder, MaskError, build_example
 
@@ -43,10 +43,6 @@ History = Literal["own", "reference"]
 SAMPLE_KEY = "safeturn_id"
 """Key on a prompt's first message that names the sample it was built from."""
 _RECORDS_KEPT = 4096
-
-
-class RolloutError(SafeturnError, ValueError):
-    """A dialogue cannot be rolled out (no user turn, no reference, first turn too long)."""
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from safeturn.train.config import (
     EMBEDDED,
     LoraSettings,
-    TrainConfig,
     TrainConfigError,
-    check_max_steps,
+    TrainerConfig,
     is_vlm,
     load_policy,
     resolve_model_dir,
     save_trained,
-    trainer_args,
 )
 from safeturn.train.data import load_sft_rows
 from safeturn.train.masks import AssistantOnlyCollator
+from safeturn.train.trainers import TRAINERS
 
 __all__ = [
     "EMBEDDED",
@@ -53,63 +52,25 @@ SFTConfigError = TrainConfigError
 """The SFT name for a config error (the same class as every trainer's)."""
 
 
-class SafeSFTConfig(TrainConfig):
+class SafeSFTConfig(TrainerConfig):
     """One SFT run: model, data, optimisation; `to_trl()` gives TRL's `SFTConfig`."""
 
-    model: str = EMBEDDED
-    """A local checkpoint directory, or `embedded` for the converted SmolLM2."""
     data: Path
     """A safeturn JSONL of samples whose dialogues contain assistant turns."""
-    output_dir: Path
-    max_steps: int = -1
-    """Optimizer steps; -1 trains for `epochs` instead."""
-    epochs: float = Field(default=1.0, gt=0)
-    learning_rate: float = Field(default=2e-5, gt=0)
-    batch_size: int = Field(default=2, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
     max_length: int | None = Field(default=1024, ge=8)
     """Dialogues are cut at message boundaries to fit (see `build_example`)."""
-    seed: int = 0
-    warmup_steps: int = Field(default=0, ge=0)
-    bf16: bool = False
-    """bf16 autocast; weights are loaded in float32 either way. Off by default for CPUs."""
-    gradient_checkpointing: bool = False
-    """Saves memory at ~30% more compute; TRL turns it on by default, we don't (small models)."""
-    lora: LoraSettings | None = None
     merge_lora: bool = False
     """With `lora`, save full merged weights instead of the adapter (loads without peft)."""
-    logging_steps: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> SafeSFTConfig:
-        check_max_steps(self.max_steps)
-        return self
 
     def to_trl(self) -> SFTConfig:
         """TRL's `SFTConfig`, set up for pre-masked rows and a single final save."""
         from trl.trainer.sft_config import SFTConfig
 
         return SFTConfig(
-            **trainer_args(
-                output_dir=self.output_dir,
-                max_steps=self.max_steps,
-                epochs=self.epochs,
-                learning_rate=self.learning_rate,
-                batch_size=self.batch_size,
-                grad_accum=self.grad_accum,
-                seed=self.seed,
-                bf16=self.bf16,
-                activation_checkpointing=self.gradient_checkpointing,
-                logging_steps=self.logging_steps,
-            ),
-            warmup_steps=self.warmup_steps,
+            **self.trainer_arguments(self.output_dir),
             max_length=self.max_length,
             dataset_kwargs={"skip_prepare_dataset": True},
         )
-
-    def peft_config(self) -> Any:
-        """The peft `LoraConfig`, or None for full fine-tuning."""
-        return None if self.lora is None else self.lora.to_peft()
 
 
 class SFTResult(BaseModel):
@@ -160,6 +121,12 @@ def build_sft_trainer(config: SafeSFTConfig) -> SFTTrainer:
     )
 
 
+@TRAINERS.register(
+    "sft",
+    summary="refusal SFT with loss on assistant turns only (cold start)",
+    config_file="configs/train/sft_cold_start.yaml",
+    config=SafeSFTConfig,
+)
 def train_sft(config: SafeSFTConfig, *, trainer: SFTTrainer | None = None) -> SFTResult:
     """Fine-tune on assistant turns only and save the model (or adapter) with its processor.
 

@@ -1,6 +1,7 @@
 """Per-turn (helpfulness, harmlessness) of a rollout, for the turn-aware GRPO reward.
 
-Two scorers behind one spec string:
+Two scorers behind one spec string, registered in `TURN_SCORERS` (kind "turn scorer"; plugins
+add more under the entry-point group `safeturn.turn_scorers`):
 
 - `classifier` — the embedded classifier judge as a cheap, offline stand-in. Harmlessness is
   1 − P(harmful response) for a harmful sample (the request is the seed question when known,
@@ -24,7 +25,9 @@ from safeturn.errors import ModelSpecError
 from safeturn.judges.classifier import ClassifierJudge, request_text
 from safeturn.judges.llm import JudgeFailure
 from safeturn.judges.refusal import detect_refusal
+from safeturn.judges.specs import MODEL_SPEC, judge_model
 from safeturn.judges.turn_scores import TurnScores, TurnScoresJudge
+from safeturn.registry import Registry
 from safeturn.train.rollouts import RolloutRecord
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,11 @@ class TurnScorer(Protocol):
 
     def close(self) -> None:
         """Release clients and loops."""
+
+
+TURN_SCORERS: Registry[TurnScorer] = Registry("turn scorer", error=ModelSpecError)
+"""The GRPO reward's per-turn scorers (`SafeGRPOConfig.judge`). The built-ins register below, in
+this module, so it lists no built-in modules."""
 
 
 def stand_in_helpfulness(reply: str) -> float:
@@ -124,20 +132,27 @@ class ModelTurnScorer:
         self.loop.close()
 
 
+@TURN_SCORERS.register("classifier", summary="offline stand-in: classifier harm + reply length")
+def classifier_turn_scorer(**_model_options: Any) -> ClassifierTurnScorer:
+    """`classifier`: no judge model, so model options are ignored."""
+    return ClassifierTurnScorer()
+
+
+@TURN_SCORERS.register(
+    "turn-scores",
+    summary="helpfulness and harmlessness per turn, asked of a model",
+    example="turn-scores:openai:http://localhost:8000/v1#judge",
+    argument=MODEL_SPEC,
+)
+def model_turn_scorer(model_spec: str, **model_options: Any) -> ModelTurnScorer:
+    """`turn-scores:<model spec>`; the model options reach `load_model`."""
+    return ModelTurnScorer(TurnScoresJudge(judge_model(model_spec, **model_options)))
+
+
 def load_turn_scorer(spec: str, **model_options: Any) -> TurnScorer:
-    """The scorer a judge spec names: `classifier` or `turn-scores:<model spec>`.
+    """The scorer a GRPO judge spec names (`TURN_SCORERS`: `classifier`, `turn-scores:<model>`).
 
     Raises:
-        ModelSpecError: Any other spec (the message lists the two accepted forms).
+        ModelSpecError: Any other spec (the message lists the accepted forms).
     """
-    if spec == "classifier":
-        return ClassifierTurnScorer()
-    prefix, _, model_spec = spec.partition(":")
-    if prefix == "turn-scores" and model_spec:
-        from safeturn.models.spec import load_model
-
-        return ModelTurnScorer(TurnScoresJudge(load_model(model_spec, **model_options)))
-    raise ModelSpecError(
-        f"GRPO judge {spec!r}: use `classifier` (offline stand-in) or "
-        "`turn-scores:<model spec>` (helpfulness and harmlessness per turn)"
-    )
+    return TURN_SCORERS.create(spec, **model_options)

@@ -74,9 +74,3 @@ class FormatJudge(PromptedJudge):
         if self.resend_on_error:
             return request
         return super().retry_request(request, raw, reason)
-
-    async def aclose(self) -> None:
-        """Release the judge model, where it has anything to release."""
-        close = getattr(self.model, "aclose", None)
-        if close is not None:
-            await close()
