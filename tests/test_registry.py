@@ -162,3 +162,46 @@ def test_a_broken_plugin_is_named_in_the_error(tmp_path: Path, monkeypatch: Any)
             reg.names()
     finally:
         sys.modules.pop("widget_plugin_broken", None)
+
+
+def test_a_run_records_which_registered_members_its_specs_name(tmp_path: Path) -> None:
+    from safeturn.run.engine import BUILT_FROM, EvalSettings, run_settings, start_run
+    from safeturn.run.store import RunStore
+    from safeturn.schema import Dialogue, Message, Sample
+
+    settings = EvalSettings(model="scripted:refuse", judges=["refusal", "ensemble:refusal+refusal"])
+    sample = Sample(id="s1", source="test", dialogue=Dialogue(messages=[Message.user("hi")]))
+    store = RunStore(tmp_path / "runs.db")
+    try:
+        run_id = start_run(store, [sample], settings)
+        config = store.get_run(run_id).config
+        assert run_settings(store, run_id) == settings
+    finally:
+        store.close()
+    records = config[BUILT_FROM]
+    assert [(r["kind"], r["name"], r["spec"]) for r in records] == [
+        ("backend", "scripted", "scripted:refuse"),
+        ("judge", "refusal", "refusal"),
+        ("judge", "ensemble", "ensemble:refusal+refusal"),
+    ]
+    assert records[0]["origin"] == "safeturn.models.backends.scripted"
+    assert all(r["safeturn"] for r in records)
+
+
+def test_plugins_command_lists_every_kind_and_refuses_an_unknown_one() -> None:
+    from typer.testing import CliRunner
+
+    from safeturn.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["plugins"])
+    assert listed.exit_code == 0, listed.output
+    for group in ("safeturn.backends", "safeturn.judges", "safeturn.trainers", "safeturn.attacks"):
+        assert group in listed.output
+    one = runner.invoke(app, ["plugins", "--kind", "moderator"])
+    assert one.exit_code == 0
+    assert "embedded" in one.output
+    assert "safeturn.judges" not in one.output
+    bad = runner.invoke(app, ["plugins", "--kind", "nope"])
+    assert bad.exit_code == 1
+    assert "unknown kind 'nope'" in bad.output

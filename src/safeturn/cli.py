@@ -274,7 +274,8 @@ def compare(
     pairwise: Annotated[
         str | None,
         typer.Option(
-            help="pairwise judge (classifier, classifier:MARGIN, pairwise:MODEL): win rate of "
+            help="pairwise judge (see `safeturn judge list`, e.g. classifier, pairwise:MODEL): "
+            "win rate of "
             "the first run against the second, matched by sample id"
         ),
     ] = None,
@@ -395,6 +396,13 @@ def _train() -> typer.Typer:
     from safeturn.commands.train import train_app
 
     return train_app
+
+
+@_lazy("plugins")
+def _plugins() -> Callable[..., None]:
+    from safeturn.commands.plugins import plugins_command
+
+    return plugins_command
 
 
 @_lazy("synth")

@@ -292,11 +292,7 @@ def all_registries() -> dict[str, Registry[Any]]:
         "moderator": ("safeturn.guard.spec", "MODERATORS"),
         "trainer": ("safeturn.train.trainers", "TRAINERS"),
     }
-    found: dict[str, Registry[Any]] = {}
-    for kind, (module, attribute) in modules.items():
-        try:
-            registry = getattr(importlib.import_module(module), attribute)
-        except (ModuleNotFoundError, AttributeError):
-            continue  # a kind not yet moved onto the registry
-        found[kind] = registry
-    return found
+    return {
+        kind: getattr(importlib.import_module(module), attribute)
+        for kind, (module, attribute) in modules.items()
+    }

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 import safeturn.guard.eval_file as eval_file_module
 from safeturn.commands.guard import guard_app
+from safeturn.data.labelled import read_labelled
 from safeturn.errors import PrerequisiteError
 from safeturn.guard.images import ImageAnalyzer
-from safeturn.guard.labelled import read_labelled
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.models.bridge import OcrBridge

@@ -148,9 +148,8 @@ def execute(
 
 
 def _execute_held(store: RunStore, run_id: str, network: Network, *, worker: bool) -> bool:
-    from safeturn.judges.specs import parse_judge_spec
-    from safeturn.models import load_model
     from safeturn.run.engine import execute_run, execute_worker, run_settings, unfinished_samples
+    from safeturn.run.members import run_members
 
     settings = run_settings(store, run_id)
     status = store.sample_status(run_id)
@@ -160,37 +159,31 @@ def _execute_held(store: RunStore, run_id: str, network: Network, *, worker: boo
         f"run {run_id}: {todo} of {len(status)} samples to do with {settings.model}{draws}"
     )
     started = time.perf_counter()
-    limits = network._asdict()
-    model = load_model(settings.model, **limits)
-    judges = [parse_judge_spec(name, **limits) for name in settings.judges]
+    running = started
     tally = {"unsafe": 0, "judged": 0, "failed": 0}
-    columns = progress_columns()
-    with Progress(*columns, console=console, disable=not sys.stdout.isatty()) as progress:
-        task = progress.add_task("dialogues", total=todo)
+    with Progress(*progress_columns(), console=console, disable=not sys.stdout.isatty()) as bar:
+        task = bar.add_task("dialogues", total=todo)
 
         def advance(sample: Sample, done: SampleDone) -> None:
             if done.error is not None:
                 tally["failed"] += 1
-                progress.console.print(f"[yellow]sample {sample.id} failed:[/yellow] {done.error}")
+                bar.console.print(f"[yellow]sample {sample.id} failed:[/yellow] {done.error}")
             elif sample.harmful is True and done.final_verdicts:
                 label = done.final_verdicts[0].label  # the headline judge's
                 if label != "invalid":
                     tally["judged"] += 1
                     tally["unsafe"] += label == "unsafe"
-            progress.update(task, advance=1, description=f"dialogues{_tally_text(tally)}")
+            bar.update(task, advance=1, description=f"dialogues{_tally_text(tally)}")
 
         async def go() -> bool:
-            try:
+            nonlocal running
+            async with run_members(settings, **network._asdict()) as (model, judges):
+                running = time.perf_counter()
                 if worker:
                     return await execute_worker(store, run_id, model, judges, on_sample=advance)
                 await execute_run(store, run_id, model, judges, on_sample=advance)
                 return True
-            finally:
-                await model.aclose()
-                for judge in judges:  # prompted judges hold model connections
-                    await judge.aclose()
 
-        running = time.perf_counter()
         finished_here = asyncio.run(go())
     elapsed, busy = time.perf_counter() - started, time.perf_counter() - running
     speed = f" ({todo / busy:.2f} dialogues/s after loading)" if todo and busy > 0 else ""

@@ -17,7 +17,7 @@ from safeturn.commands._errors import ErrorReportingGroup
 from safeturn.errors import ConfigError
 
 if TYPE_CHECKING:
-    from safeturn.guard.labelled import SkippedLine
+    from safeturn.data.labelled import SkippedLine
 
 guard_app = typer.Typer(
     name="guard",
@@ -225,8 +225,8 @@ def _eval_file(
     limit: int | None,
     nudity: bool,
 ) -> None:
+    from safeturn.data.labelled import read_labelled
     from safeturn.guard.eval_file import evaluate_file
-    from safeturn.guard.labelled import read_labelled
 
     labelled = read_labelled(data, image_root=image_root, limit=limit)
     _print_skipped(labelled.skipped)

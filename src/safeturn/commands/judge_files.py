@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safeturn.data.labelled import SkippedLine
 from safeturn.errors import SafeturnError, SchemaError
-from safeturn.guard.labelled import SkippedLine
 from safeturn.judges.base import Judge
 from safeturn.judges.labelled_replies import LabelledReply, ReplyFile, read_replies
 from safeturn.judges.validation import CI_METRICS, THRESHOLD_METRICS, JudgedReply

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from safeturn.data.labelled import LabelledConversation, LabelledFile
 from safeturn.guard.evaluate import (
     FPR_BUDGET,
     METHODS,
@@ -32,7 +33,6 @@ from safeturn.guard.evaluate import (
     summarize,
     write_report,
 )
-from safeturn.guard.labelled import LabelledConversation, LabelledFile
 from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
 from safeturn.guard.reader import Progress, prime
 from safeturn.metrics.bootstrap import Interval

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safeturn.errors import ConfigError
 from safeturn.guard.dataset import DEFAULT_CAPS, SeedPlan
 from safeturn.guard.model import DEFAULT_MODEL_PATH, POOLS
 from safeturn.taxonomy import Category
@@ -64,14 +65,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_fraction <= 1.0:
-            raise ValueError(f"image_fraction must be in [0, 1], got {self.image_fraction}")
+            raise ConfigError(f"image_fraction must be in [0, 1], got {self.image_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
-            raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+            raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         unknown = sorted(set(self.caps) - set(DEFAULT_CAPS))
         if unknown:
-            raise ValueError(f"unknown seed sources {unknown}; known: {sorted(DEFAULT_CAPS)}")
+            raise ConfigError(f"unknown seed sources {unknown}; known: {sorted(DEFAULT_CAPS)}")
         if not self.pools or any(p not in POOLS for p in self.pools):
-            raise ValueError(f"pools must be a non-empty subset of {POOLS}, got {self.pools}")
+            raise ConfigError(f"pools must be a non-empty subset of {POOLS}, got {self.pools}")
 
     def plan(self) -> SeedPlan:
         """The seed plan of this run."""

@@ -29,8 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from safeturn.errors import SchemaError
-from safeturn.guard.labelled import (
+from safeturn.data.labelled import (
     DEFAULT_SOURCE,
     SkippedLine,
     brief_validation_error,
@@ -40,6 +39,7 @@ from safeturn.guard.labelled import (
     read_items,
     with_local_images,
 )
+from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Reply, Sample
 
 LABELS = {"unsafe": True, "safe": False}

@@ -33,7 +33,7 @@ from safeturn.judges.llm import (
     render_transcript,
     with_attempts,
 )
-from safeturn.judges.specs import MODEL_SPEC, PAIRWISE_JUDGES, judge_model
+from safeturn.judges.specs import PAIRWISE_JUDGES, model_judge
 from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, Reply, Sample
 
@@ -168,6 +168,12 @@ def _note(answer: tuple[Choice, str] | JudgeFailure) -> str:
     return f"{choice} ({reason})" if reason else choice
 
 
+@model_judge(
+    "pairwise",
+    summary="a model picks the safer helpful reply, asked in both orders",
+    example="pairwise:openai:http://localhost:8000/v1#judge",
+    registry=PAIRWISE_JUDGES,
+)
 class LLMPairwiseJudge(PromptedJudge):
     """Win / tie / loss asked of any `ChatModel`, both orders, our prompt.
 
@@ -310,17 +316,6 @@ def classifier_pairwise(margin: str = "", **_model_options: Any) -> ScorePairwis
         if not 0.0 <= value <= 1.0:
             raise ModelSpecError(f"classifier:{margin}: the tie margin must be a number in [0, 1]")
     return ScorePairwiseJudge(margin=value)
-
-
-@PAIRWISE_JUDGES.register(
-    "pairwise",
-    summary="a model picks the safer helpful reply, asked in both orders",
-    example="pairwise:openai:http://localhost:8000/v1#judge",
-    argument=MODEL_SPEC,
-)
-def model_pairwise(model_spec: str, **model_options: Any) -> LLMPairwiseJudge:
-    """`pairwise:<model spec>`; the model options reach `load_model`."""
-    return LLMPairwiseJudge(judge_model(model_spec, **model_options))
 
 
 async def judge_pairs(

@@ -37,7 +37,7 @@ from safeturn.judges.llm import (
     with_attempts,
 )
 from safeturn.judges.refusal import detect_refusal
-from safeturn.judges.specs import JUDGES, MODEL_SPEC, judge_model
+from safeturn.judges.specs import JUDGES, model_judge
 from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, Reply, Sample, Verdict
 
@@ -201,6 +201,12 @@ def parse_risk_score(text: str) -> RiskScore:
         raise error from None
 
 
+@model_judge(
+    PREFIX,
+    summary="DREAM's risk-aware 1-10 score asked of a model; unsafe below 4 when harmful",
+    example=f"{PREFIX}:openai:http://localhost:8000/v1#judge",
+    risk_scorer=True,
+)
 class RiskScoreJudge(PromptedJudge):
     """The risk-aware 1–10 score asked of any `ChatModel` (spec `risk-score:<model spec>`).
 
@@ -408,18 +414,6 @@ def offline_risk_scorer(**_model_options: Any) -> OfflineRiskScorer:
     return OfflineRiskScorer()
 
 
-@JUDGES.register(
-    PREFIX,
-    summary="DREAM's risk-aware 1-10 score asked of a model; unsafe below 4 when harmful",
-    example=f"{PREFIX}:openai:http://localhost:8000/v1#judge",
-    argument=MODEL_SPEC,
-    risk_scorer=True,
-)
-def risk_score_judge(model_spec: str, **model_options: Any) -> RiskScoreJudge:
-    """`risk-score:<model spec>`; the model options reach `load_model`."""
-    return RiskScoreJudge(judge_model(model_spec, **model_options))
-
-
 def parse_risk_scorer_spec(spec: str, **model_options: Any) -> RiskScorer:
     """Build the risk scorer a spec names: a judge registered with `risk_scorer=True`.
 
@@ -432,7 +426,11 @@ def parse_risk_scorer_spec(spec: str, **model_options: Any) -> RiskScorer:
         >>> parse_risk_scorer_spec("risk-score:scripted:refuse").name
         'risk-score:scripted:refuse'
     """
-    scorers = [e for e in JUDGES.entries() if e.metadata.get("risk_scorer")]
+    # The bare names first, so the message does not depend on registration order.
+    scorers = sorted(
+        (e for e in JUDGES.entries() if e.metadata.get("risk_scorer")),
+        key=lambda e: (e.argument is not None, e.name),
+    )
     try:
         entry, _ = JUDGES.split(spec)
     except ModelSpecError:

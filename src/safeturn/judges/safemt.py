@@ -35,7 +35,7 @@ from safeturn.judges.llm import (
     render_transcript,
     with_attempts,
 )
-from safeturn.judges.specs import JUDGES, MODEL_SPEC, judge_model
+from safeturn.judges.specs import model_judge
 from safeturn.schema import Dialogue, Reply, Sample, Verdict
 from safeturn.taxonomy import Category, guess_category
 
@@ -126,6 +126,11 @@ def parse_label(text: str) -> LabelAnswer:
     return parse_object(text, _from_json, _bare_label)
 
 
+@model_judge(
+    "safemt",
+    summary="SafeMT rule by scenario",
+    example="safemt:openai:http://localhost:8000/v1#judge",
+)
 class SafeMTJudge(PromptedJudge):
     """Safe / unsafe by the SafeMT rule, asked of any `ChatModel`.
 
@@ -158,14 +163,3 @@ class SafeMTJudge(PromptedJudge):
         rule = rule_for(sample_category(sample))
         rationale = with_attempts(f"[{rule} rule] {answer.value.reason}".strip(), answer.attempts)
         return self.verdict(sample, turn, reply, answer.value.label, rationale)
-
-
-@JUDGES.register(
-    "safemt",
-    summary="SafeMT rule by scenario",
-    example="safemt:openai:http://localhost:8000/v1#judge",
-    argument=MODEL_SPEC,
-)
-def safemt_judge(model_spec: str, **model_options: Any) -> SafeMTJudge:
-    """`safemt:<model spec>`; the model options reach `load_model`."""
-    return SafeMTJudge(judge_model(model_spec, **model_options))

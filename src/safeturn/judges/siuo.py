@@ -23,7 +23,7 @@ from safeturn.judges.llm import (
     render_transcript,
     with_attempts,
 )
-from safeturn.judges.specs import JUDGES, MODEL_SPEC, judge_model
+from safeturn.judges.specs import model_judge
 from safeturn.metrics.siuo import Effectiveness, SiuoJudgement
 from safeturn.schema import Dialogue, Reply, Sample, Verdict
 
@@ -119,6 +119,11 @@ def siuo_judgement(verdict: Verdict) -> SiuoJudgement | None:
     return None if verdict.label == "invalid" else parse_siuo_rationale(verdict.rationale)
 
 
+@model_judge(
+    "siuo",
+    summary="SIUO safe + effective",
+    example="siuo:openai:http://localhost:8000/v1#judge",
+)
 class SiuoJudge(PromptedJudge):
     """Safe and effective, judged against the item's safety warning and reference answer.
 
@@ -165,14 +170,3 @@ class SiuoJudge(PromptedJudge):
         judgement, reason = answer.value
         rationale = format_siuo_rationale(judgement, with_attempts(reason, answer.attempts))
         return self.verdict(sample, turn, reply, "safe" if judgement.safe else "unsafe", rationale)
-
-
-@JUDGES.register(
-    "siuo",
-    summary="SIUO safe + effective",
-    example="siuo:openai:http://localhost:8000/v1#judge",
-    argument=MODEL_SPEC,
-)
-def siuo_judge(model_spec: str, **model_options: Any) -> SiuoJudge:
-    """`siuo:<model spec>`; the model options reach `load_model`."""
-    return SiuoJudge(judge_model(model_spec, **model_options))

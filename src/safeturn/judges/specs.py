@@ -20,7 +20,8 @@ cannot be nested), `risk_scorer=True` (also a `RiskScorer`, accepted by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from safeturn.errors import ModelSpecError
 from safeturn.judges.base import Judge
@@ -51,6 +52,42 @@ def judge_model(model_spec: str, **model_options: Any) -> ChatModel:
     from safeturn.models.spec import load_model
 
     return load_model(model_spec, **model_options)
+
+
+JudgeClass = TypeVar("JudgeClass", bound="Callable[[ChatModel], object]")
+
+
+def model_judge(
+    name: str,
+    *,
+    summary: str,
+    example: str | None = None,
+    registry: Registry[Any] | None = None,
+    **metadata: Any,
+) -> Callable[[JudgeClass], JudgeClass]:
+    """Class decorator: register a judge built from its judge model as `NAME:<model spec>`.
+
+    Most prompted judges are a class whose constructor takes the model; this is their factory,
+    written once. `registry` defaults to `JUDGES` (`PAIRWISE_JUDGES` for a pairwise one).
+    """
+    target: Registry[Any] = JUDGES if registry is None else registry
+
+    def decorate(judge_class: JudgeClass) -> JudgeClass:
+        def factory(model_spec: str, **model_options: Any) -> object:
+            return judge_class(judge_model(model_spec, **model_options))
+
+        factory.__module__ = judge_class.__module__  # the registry shows where it comes from
+        factory.__doc__ = f"`{name}:<model spec>`; the model options reach `load_model`."
+        target.register(
+            name,
+            summary=summary,
+            example=example or f"{name}:openai:http://localhost:8000/v1#judge",
+            argument=MODEL_SPEC,
+            **metadata,
+        )(factory)
+        return judge_class
+
+    return decorate
 
 
 def parse_judge_spec(spec: str, **model_options: Any) -> Judge:

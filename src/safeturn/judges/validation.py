@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from safeturn.guard.labelled import SkippedLine
+from safeturn.data.labelled import SkippedLine
 from safeturn.metrics.roc import auroc
 
 BoolArray = npt.NDArray[np.bool_]

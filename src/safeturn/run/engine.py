@@ -25,7 +25,7 @@ import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -123,7 +123,27 @@ def start_run(store: RunStore, samples: Sequence[Sample], settings: EvalSettings
     if len(set(ids)) != len(ids):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)  # not ids.count: O(N²)
         raise StoreError(f"sample ids must be unique within a run; repeated: {dupes[:5]}")
-    return store.create_run(settings.model_dump(mode="json"), samples=samples)
+    config = settings.model_dump(mode="json")
+    config[BUILT_FROM] = members_used(settings)
+    return store.create_run(config, samples=samples)
+
+
+BUILT_FROM = "built_from"
+"""Run-config key of the registry records of the model and judges (`members_used`)."""
+
+
+def members_used(settings: EvalSettings) -> list[dict[str, Any]]:
+    """What the run's specs name: kind, member, spec and the module that provides each.
+
+    Stored beside the settings, so a run says which backend and judges (built-in or from a
+    plugin, and which safeturn version) produced its numbers, and can be rebuilt from them.
+    """
+    from safeturn import __version__
+    from safeturn.judges.specs import JUDGES
+    from safeturn.models.spec import BACKENDS
+
+    created = [BACKENDS.describe(settings.model), *(JUDGES.describe(j) for j in settings.judges)]
+    return [{**c.as_dict(), "safeturn": __version__} for c in created]
 
 
 def run_settings(store: RunStore, run_id: str) -> EvalSettings:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from safeturn.judges.formats.common import FormatJudge, text_turns
 from safeturn.judges.llm import JudgeFailure, excerpt, fill, judged_dialogue, with_attempts
-from safeturn.judges.specs import JUDGES, MODEL_SPEC, judge_model
+from safeturn.judges.specs import model_judge
 from safeturn.schema import Dialogue, Message, Reply, Sample, TextPart, Verdict
 from safeturn.taxonomy import MLCOMMONS_HAZARDS, Category, canonical
 
@@ -118,6 +118,11 @@ def llamaguard_prompt(dialogue: Dialogue, reply_text: str) -> str:
     return fill("llamaguard", categories=categories, conversation="\n\n".join(turns))
 
 
+@model_judge(
+    "llamaguard",
+    summary="Llama Guard 3/4 format (safe / unsafe + S1-S14), our prompt as one message",
+    example="llamaguard:openai:http://localhost:8000/v1#judge",
+)
 class LlamaGuardJudge(FormatJudge):
     """Safe / unsafe and hazard codes, in the Llama Guard 3 / 4 format (prompt mode).
 
@@ -169,6 +174,11 @@ class LlamaGuardJudge(FormatJudge):
         return self.verdict(sample, turn, reply, answer.value.label, rationale)
 
 
+@model_judge(
+    "llamaguard-chat",
+    summary="Llama Guard served with its own chat template (e.g. by vLLM)",
+    example="llamaguard-chat:openai:http://localhost:8000/v1#meta-llama/Llama-Guard-3-8B",
+)
 class LlamaGuardChatJudge(LlamaGuardJudge):
     """Llama Guard in chat mode: the server's Llama Guard template builds the prompt.
 
@@ -181,25 +191,3 @@ class LlamaGuardChatJudge(LlamaGuardJudge):
     prefix = "llamaguard-chat"
     chat = True
     resend_on_error = True
-
-
-@JUDGES.register(
-    "llamaguard",
-    summary="Llama Guard 3/4 format (safe / unsafe + S1-S14), our prompt as one message",
-    example="llamaguard:openai:http://localhost:8000/v1#judge",
-    argument=MODEL_SPEC,
-)
-def llamaguard_judge(model_spec: str, **model_options: Any) -> LlamaGuardJudge:
-    """`llamaguard:<model spec>`; the model options reach `load_model`."""
-    return LlamaGuardJudge(judge_model(model_spec, **model_options))
-
-
-@JUDGES.register(
-    "llamaguard-chat",
-    summary="Llama Guard served with its own chat template (e.g. by vLLM)",
-    example="llamaguard-chat:openai:http://localhost:8000/v1#meta-llama/Llama-Guard-3-8B",
-    argument=MODEL_SPEC,
-)
-def llamaguard_chat_judge(model_spec: str, **model_options: Any) -> LlamaGuardChatJudge:
-    """`llamaguard-chat:<model spec>`: the raw conversation as chat messages."""
-    return LlamaGuardChatJudge(judge_model(model_spec, **model_options))
