@@ -205,3 +205,20 @@ def test_plugins_command_lists_every_kind_and_refuses_an_unknown_one() -> None:
     bad = runner.invoke(app, ["plugins", "--kind", "nope"])
     assert bad.exit_code == 1
     assert "unknown kind 'nope'" in bad.output
+
+
+def test_a_run_of_a_model_object_records_its_name_without_a_member(tmp_path: Path) -> None:
+    from safeturn.run.engine import BUILT_FROM, EvalSettings, start_run
+    from safeturn.run.store import RunStore
+    from safeturn.schema import Dialogue, Message, Sample
+
+    sample = Sample(id="s1", source="test", dialogue=Dialogue(messages=[Message.user("hi")]))
+    store = RunStore(tmp_path / "runs.db")
+    try:
+        run_id = start_run(store, [sample], EvalSettings(model="comply", judges=["refusal"]))
+        records = store.get_run(run_id).config[BUILT_FROM]
+    finally:
+        store.close()
+    assert records[0]["kind"] == "backend"
+    assert (records[0]["name"], records[0]["spec"]) == (None, "comply")
+    assert records[1]["name"] == "refusal"

@@ -11,7 +11,7 @@ from safeturn.guard.features import WINDOW_PREVIOUS_CHARS, window_text
 from safeturn.guard.images import ImageAnalyzer, no_nudity
 from safeturn.guard.loso import FAMILIES, run_loso
 from safeturn.guard.reader import DialogueReader
-from safeturn.guard.train import TrainConfig, prepare
+from safeturn.guard.train import ModeratorTrainConfig, prepare
 from safeturn.schema import Dialogue, Message
 
 from ._moderator_stubs import DIM, hashing_embed, stub_encoder
@@ -56,7 +56,7 @@ def test_reader_embeds_each_turn_with_its_antecedents() -> None:
 
 @pytest.fixture(scope="module")
 def report(shared_data: Path) -> dict:
-    config = TrainConfig(
+    config = ModeratorTrainConfig(
         data_root=shared_data, caps=CAPS, image_fraction=0.0, seed=3, max_epochs=6, patience=2
     )
     prepared = prepare(config, encoder=stub_encoder(), analyzer=ImageAnalyzer(nudity=no_nudity))
@@ -84,7 +84,7 @@ def test_one_class_families_are_ranked_against_the_other_class(report: dict) -> 
 
 def test_unknown_family_is_refused(shared_data: Path) -> None:
     with pytest.raises(ValueError, match="known: figstep"):
-        run_loso(TrainConfig(data_root=shared_data), ["nope"])
+        run_loso(ModeratorTrainConfig(data_root=shared_data), ["nope"])
 
 
 def test_loso_command_names_the_known_families(shared_data: Path) -> None:

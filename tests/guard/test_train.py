@@ -22,8 +22,8 @@ from safeturn.guard.dataset import (
 from safeturn.guard.images import ImageAnalyzer, no_nudity
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.train import (
+    ModeratorTrainConfig,
     Rows,
-    TrainConfig,
     fit_platt,
     source_thresholds,
     take,
@@ -127,7 +127,9 @@ def test_training_end_to_end_on_text_seeds(shared_data: Path, tmp_path: Path) ->
         "jailbreakbench": 40,
     }
     out = tmp_path / "guard.npz"
-    config = TrainConfig(data_root=shared_data, out=out, caps=caps, image_fraction=0.0, seed=7)
+    config = ModeratorTrainConfig(
+        data_root=shared_data, out=out, caps=caps, image_fraction=0.0, seed=7
+    )
     model = train(config, encoder=stub_encoder(), analyzer=ImageAnalyzer(nudity=no_nudity))
     meta = model.metadata
     assert out.is_file() and out.with_suffix(".json").is_file()

@@ -24,7 +24,7 @@ from safeturn.judges.judge_card import DEFAULT_CARD, card
 from safeturn.judges.reply_data import ReplyExample
 from safeturn.judges.reply_judge import ReplyJudge, user_turns
 from safeturn.judges.train_judge import (
-    TrainConfig,
+    JudgeTrainConfig,
     benign_source_threshold,
     best_threshold,
     encode_all,
@@ -110,7 +110,7 @@ def _toy() -> list[ReplyExample]:
 
 @pytest.mark.slow
 def test_training_learns_a_separable_toy_task_and_round_trips(tmp_path: Path) -> None:
-    config = TrainConfig(tuned_layers=1, head_hidden=8, epochs=2, batch_size=8, lr_head=1e-2)
+    config = JudgeTrainConfig(tuned_layers=1, head_hidden=8, epochs=2, batch_size=8, lr_head=1e-2)
     data = encode_all(_toy(), config, lambda _: None)
     data.split = ["train" if i < 36 else "validation" for i in range(len(data.split))]
     train = data.select([s == "train" for s in data.split])
@@ -247,7 +247,7 @@ def test_leave_one_source_out_plumbing_writes_weights_and_card(
         "split_of",
         lambda group, seed: "validation" if group.endswith("0") else "train",
     )
-    config = TrainConfig(tuned_layers=1, head_hidden=8, epochs=1, batch_size=8)
+    config = JudgeTrainConfig(tuned_layers=1, head_hidden=8, epochs=1, batch_size=8)
     weights, card_path = tmp_path / "w.safetensors", tmp_path / "card.json"
     meta = train_judge.main(
         tmp_path, weights, config, loso=("a", "b"), card_path=card_path, log=lambda _: None

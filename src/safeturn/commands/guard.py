@@ -87,14 +87,14 @@ def train_command(
     """Build harmful and benign dialogues from the seed sets, train, calibrate and save."""
     from safeturn.guard.dataset import DEFAULT_CAPS
     from safeturn.guard.model import DEFAULT_MODEL_PATH
-    from safeturn.guard.train import TrainConfig, train
+    from safeturn.guard.train import ModeratorTrainConfig, train
 
     caps = dict(DEFAULT_CAPS)
     if max_per_source is not None:
         caps = {k: min(v, max_per_source) for k, v in caps.items()}
     target = out if out is not None else DEFAULT_MODEL_PATH
     start = time.perf_counter()
-    config = TrainConfig(
+    config = ModeratorTrainConfig(
         data_root=data_root, out=target, seed=seed, caps=caps, image_fraction=image_fraction
     )
     with _progress() as bar:

@@ -46,9 +46,9 @@ def loso_command(
     """
     from safeturn.commands.guard import _callback, _progress
     from safeturn.guard.loso import run_loso
-    from safeturn.guard.train import TrainConfig
+    from safeturn.guard.train import ModeratorTrainConfig
 
-    config = TrainConfig(data_root=data_root, out=Path("unused.npz"), seed=seed)
+    config = ModeratorTrainConfig(data_root=data_root, out=Path("unused.npz"), seed=seed)
     with _progress() as bar:
         report = run_loso(config, family or None, progress=_callback(bar))
     console.print(_loso_table(report))

@@ -112,7 +112,7 @@ def train_reply_judge_command(
     """Train the `classifier-v2` judge and report it leave-one-source-out (~30 min, 2 cores)."""
     from safeturn.judges.cross_encoder import DEFAULT_WEIGHTS
     from safeturn.judges.judge_card import DEFAULT_CARD, fold_rows
-    from safeturn.judges.train_judge import THRESHOLD_RULES, TrainConfig, main
+    from safeturn.judges.train_judge import THRESHOLD_RULES, JudgeTrainConfig, main
 
     if threshold_rule not in THRESHOLD_RULES:
         raise typer.BadParameter(
@@ -120,7 +120,7 @@ def train_reply_judge_command(
             param_hint="--threshold-rule",
         )
     families = tuple(f.strip() for f in loso.split(",") if f.strip())
-    config = TrainConfig(
+    config = JudgeTrainConfig(
         epochs=epochs, tuned_layers=tuned_layers, seed=seed, threshold_rule=threshold_rule
     )
     target = out if out is not None else DEFAULT_WEIGHTS

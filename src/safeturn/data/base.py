@@ -206,6 +206,14 @@ class SetBuilder:
         return self.loaded
 
 
+def check_variant(source: str, variant: str, variants: Sequence[str]) -> None:
+    """Raise a `DataSpecError` naming the choices when `variant` is not one of `variants`."""
+    if variant not in variants:
+        raise DataSpecError(
+            f"unknown {source} variant {variant!r}; choose one of {', '.join(variants)}"
+        )
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file, naming it in the error."""
     try:

@@ -201,18 +201,36 @@ def parse_line(text: str, number: int, root: Path) -> LabelledConversation:
     harmful = sample.harmful
     if harmful is None:
         raise SchemaError("'harmful' is missing or null; it must be true or false")
-    messages = sample.dialogue.messages
-    if not any(m.role == "user" for m in messages):
-        raise SchemaError("no user message; the conversation must end with a user turn")
-    if messages[-1].role != "user":
-        raise SchemaError(
-            f"the last message is a {messages[-1].role} turn; the conversation must end with "
-            "the user turn about to be answered"
-        )
-    sample = with_local_images(sample, root)
-    sample.check_images()
+    sample = answerable(
+        sample,
+        root,
+        no_user="no user message; the conversation must end with a user turn",
+        last_role="the last message is a {role} turn; the conversation must end with the user "
+        "turn about to be answered",
+    )
     category = guess_category(sample.category) if sample.category else None
     return LabelledConversation(number, sample, harmful, sample.source, category, strategy)
+
+
+def answerable(sample: Sample, root: Path, *, no_user: str, last_role: str) -> Sample:
+    """`sample`, checked to end with a user turn, its images resolved under `root` and decoded.
+
+    Both file readers need a conversation that a reply answers; each words the errors for its
+    file: `no_user` when there is no user message, `last_role` (with `{role}`) when the last
+    message is not one.
+
+    Raises:
+        SchemaError: The dialogue does not end with a user turn.
+        ImageError: An image is missing, corrupt, remote or outside `root`.
+    """
+    messages = sample.dialogue.messages
+    if not any(m.role == "user" for m in messages):
+        raise SchemaError(no_user)
+    if messages[-1].role != "user":
+        raise SchemaError(last_role.format(role=messages[-1].role))
+    sample = with_local_images(sample, root)
+    sample.check_images()
+    return sample
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -32,7 +32,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from safeturn.data.base import DataSpecError, LoadedSet, SetBuilder, as_record, read_json, req_str
+from safeturn.data.base import (
+    DataSpecError,
+    LoadedSet,
+    SetBuilder,
+    as_record,
+    check_variant,
+    read_json,
+    req_str,
+)
 from safeturn.data.registry import DATASETS
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Sample
@@ -66,10 +74,7 @@ def load_mmsafetybench(
     variant: str = "sd_typo",
 ) -> LoadedSet:
     """Load one scenario file, a `processed_questions/` folder, or the data folder above it."""
-    if variant not in VARIANTS:
-        raise DataSpecError(
-            f"unknown MM-SafetyBench variant {variant!r}; choose one of {', '.join(VARIANTS)}"
-        )
+    check_variant("MM-SafetyBench", variant, VARIANTS)
     files = _question_files(path)
     builder = SetBuilder(SOURCE, text_only=text_only, limit=limit)
     for file in files:

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from safeturn.data.base import (
-    DataSpecError,
     LoadedSet,
     SetBuilder,
     as_record,
+    check_variant,
     opt_str,
     parse_bool,
     read_json,
@@ -66,10 +66,7 @@ def load_vlguard(
     variant: str = "record",
 ) -> LoadedSet:
     """Load a LLaVA-format VLGuard/DREAM JSON file."""
-    if variant not in VARIANTS:
-        raise DataSpecError(
-            f"unknown VLGuard variant {variant!r}; choose one of {', '.join(VARIANTS)}"
-        )
+    check_variant("VLGuard", variant, VARIANTS)
     builder = SetBuilder(SOURCE, text_only=text_only, limit=limit)
     builder.use(path, root)
     data = read_json(path)

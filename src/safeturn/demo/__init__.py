@@ -37,28 +37,22 @@ def demo_seeds(*, limit: int | None = None) -> list[Seed]:
         seed_id = f"figstep-{row['category_id']}-{row['task_id']}"
         category = canonical("figstep", row["category_name"]).value
         pair = {"pair": seed_id, "source_category": row["category_name"]}
-        seeds.append(
-            Seed(
-                id=seed_id,
-                question=row["question"],
-                instruction=row["instruction"],
-                category=category,
-                source="figstep-demo",
-                harmful=True,
-                metadata=pair,
+        benign = row["benign_instruction"]
+        for sid, question, instruction, harmful in (
+            (seed_id, row["question"], row["instruction"], True),
+            (f"{seed_id}-benign", benign, benign, False),
+        ):
+            seeds.append(
+                Seed(
+                    id=sid,
+                    question=question,
+                    instruction=instruction,
+                    category=category,
+                    source="figstep-demo",
+                    harmful=harmful,
+                    metadata=pair,
+                )
             )
-        )
-        seeds.append(
-            Seed(
-                id=f"{seed_id}-benign",
-                question=row["benign_instruction"],
-                instruction=row["benign_instruction"],
-                category=category,
-                source="figstep-demo",
-                harmful=False,
-                metadata=pair,
-            )
-        )
     return seeds
 
 

@@ -31,9 +31,9 @@ from safeturn.guard.dataset import GuardExample
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import Progress
 from safeturn.guard.train import (
+    ModeratorTrainConfig,
     Prepared,
     Rows,
-    TrainConfig,
     dialogue_scores,
     fit_model,
     prepare,
@@ -111,7 +111,7 @@ def score_family(
     }
 
 
-def run_fold(prepared: Prepared, family: str, config: TrainConfig) -> dict[str, Any]:
+def run_fold(prepared: Prepared, family: str, config: ModeratorTrainConfig) -> dict[str, Any]:
     """Train without `family`, calibrate, and score the family (see the module docstring)."""
     left_out = FAMILIES[family]
     examples = prepared.examples
@@ -144,7 +144,7 @@ def run_fold(prepared: Prepared, family: str, config: TrainConfig) -> dict[str, 
 
 
 def run_loso(
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
     families: Sequence[str] | None = None,
     *,
     progress: Progress | None = None,

@@ -7,7 +7,7 @@ stopping on the validation loss), round them to float16 as they will be stored, 
 running-max harm logit by Platt scaling on validation and pick the threshold that flags at most
 5 % of the benign validation dialogues of *each* benign source (`train_calibrate.py`), evaluate
 on the test seeds, and save the model with its metadata (data counts, plan, seeds, timings,
-metrics, the per-source validation rates). The settings are `TrainConfig`
+metrics, the per-source validation rates). The settings are `ModeratorTrainConfig`
 (`train_config.py`); `leave_out` drops whole sources from every split: `loso.py` uses it to
 measure how the model does on a source it never saw.
 
@@ -33,7 +33,7 @@ from safeturn.guard.model import ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.reader import DialogueReader, Progress
 from safeturn.guard.train_calibrate import fit_model, fit_platt, source_thresholds
-from safeturn.guard.train_config import CATEGORIES, LABEL_RULE, TrainConfig
+from safeturn.guard.train_config import CATEGORIES, LABEL_RULE, ModeratorTrainConfig
 from safeturn.guard.train_fit import fit_network, fit_scorer
 from safeturn.guard.train_rows import (
     Prepared,
@@ -50,9 +50,9 @@ __all__ = [
     "CATEGORIES",
     "LABEL_RULE",
     "Evaluator",
+    "ModeratorTrainConfig",
     "Prepared",
     "Rows",
-    "TrainConfig",
     "dialogue_scores",
     "featurize",
     "fit_model",
@@ -71,7 +71,7 @@ Evaluator = Callable[[ModeratorModel, list[GuardExample]], dict[str, Any]]
 
 
 def train(
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
     *,
     progress: Progress | None = None,
     encoder: CachedEncoder | None = None,
@@ -142,7 +142,7 @@ def _test_metrics(
 
 
 def _metadata(
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
     model: ModeratorModel,
     prepared: Prepared,
     rows: dict[Split, Rows],

@@ -19,7 +19,7 @@ from safeturn.guard.base import STRATEGY_NAMES
 from safeturn.guard.dataset import GuardExample
 from safeturn.guard.features import SCALAR_NAMES, FloatArray
 from safeturn.guard.model import CHANNELS, POOLS, ModeratorModel
-from safeturn.guard.train_config import CATEGORIES, TrainConfig
+from safeturn.guard.train_config import CATEGORIES, ModeratorTrainConfig
 from safeturn.guard.train_fit import fit_network, fit_scorer
 from safeturn.guard.train_rows import Rows, dialogue_scores, running_max_logits
 from safeturn.metrics.roc import auroc, rate, threshold_at_fpr
@@ -86,7 +86,7 @@ def fit_model(
     train_examples: Sequence[GuardExample],
     val_rows: Rows,
     val_examples: Sequence[GuardExample],
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
 ) -> tuple[ModeratorModel, dict[str, Any]]:
     """Fit, round, calibrate and set the threshold and band; (model, validation report).
 
@@ -124,7 +124,10 @@ def fit_model(
 
 
 def _fit_arrays(
-    train_rows: Rows, train_examples: Sequence[GuardExample], val_rows: Rows, config: TrainConfig
+    train_rows: Rows,
+    train_examples: Sequence[GuardExample],
+    val_rows: Rows,
+    config: ModeratorTrainConfig,
 ) -> tuple[dict[str, FloatArray], int]:
     """Both networks' float32 arrays, and the turn network's epochs.
 

@@ -25,7 +25,7 @@ LABEL_RULE = (
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ModeratorTrainConfig:
     """Everything one training run depends on (recorded in the model's metadata)."""
 
     data_root: Path

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from safeturn.guard.base import STRATEGY_NAMES
 from safeturn.guard.features import FloatArray
 from safeturn.guard.model import CHANNELS, EMPTY_LOGIT, POOLS
-from safeturn.guard.train_config import CATEGORIES, TrainConfig
+from safeturn.guard.train_config import CATEGORIES, ModeratorTrainConfig
 from safeturn.guard.train_rows import Rows
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _early_stopped(
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
     val_loss: Callable[[], torch.Tensor],
     n: int,
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Minibatch epochs over `n` dialogues until the validation loss stops improving.
 
@@ -96,7 +96,9 @@ def _early_stopped(
     return best, epochs
 
 
-def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, FloatArray], int]:
+def fit_network(
+    train: Rows, val: Rows, config: ModeratorTrainConfig
+) -> tuple[dict[str, FloatArray], int]:
     """Fit the per-turn layer, the pooled layer and the heads (see `model.py`).
 
     Dialogues are the unit of a batch; the running max and mean pools are computed with
@@ -133,7 +135,7 @@ def fit_network(train: Rows, val: Rows, config: TrainConfig) -> tuple[dict[str, 
     return _network_arrays(best, mean, scale), epochs
 
 
-def _network(inputs: int, pools: int, config: TrainConfig) -> torch.nn.ModuleDict:
+def _network(inputs: int, pools: int, config: ModeratorTrainConfig) -> torch.nn.ModuleDict:
     """The untrained layers, created in a fixed order (the seeded initialisation depends on it)."""
     from torch import nn
 
@@ -170,7 +172,7 @@ def _network_loss(
     drop: torch.nn.Module,
     pools: list[str],
     pos_weight: torch.Tensor,
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
 ) -> Loss:
     """Weighted harm log loss on labelled prefixes plus the strategy and category heads."""
     import torch
@@ -213,7 +215,7 @@ def _network_arrays(
 def fit_scorer(
     train: Rows,
     val: Rows,
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
     dim: int,
     weights: npt.NDArray[np.float32] | None = None,
 ) -> dict[str, FloatArray]:

@@ -23,7 +23,7 @@ from safeturn.guard.features import ConversationState, FloatArray, feature_dim
 from safeturn.guard.images import ImageAnalyzer, no_nudity
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import DialogueReader, Progress, prime, stack_rows
-from safeturn.guard.train_config import CATEGORIES, TrainConfig
+from safeturn.guard.train_config import CATEGORIES, ModeratorTrainConfig
 from safeturn.judges.embedder import EMBEDDING_DIM, embed
 
 
@@ -120,7 +120,7 @@ class Prepared(NamedTuple):
 
 
 def prepare(
-    config: TrainConfig,
+    config: ModeratorTrainConfig,
     *,
     progress: Progress | None = None,
     encoder: CachedEncoder | None = None,

@@ -139,28 +139,30 @@ def ensemble_of(members: str, rule: EnsembleRule, **model_options: Any) -> Ensem
         raise ModelSpecError(f"ensemble spec {members!r}: {exc}") from exc
 
 
-@JUDGES.register(
+def register_rule(name: str, rule: EnsembleRule, *, summary: str, example: str) -> None:
+    """Register `NAME:<spec>+<spec>...`, the ensemble of those judges under `rule`."""
+
+    def factory(members: str, **model_options: Any) -> EnsembleJudge:
+        return ensemble_of(members, rule, **model_options)
+
+    factory.__doc__ = f"`{name}:<spec>+<spec>...`; the model options reach every member."
+    JUDGES.register(name, summary=summary, example=example, argument=JUDGE_SPECS, composite=True)(
+        factory
+    )
+
+
+register_rule(
     "ensemble",
+    "majority",
     summary="majority vote of judges (tie: unsafe)",
     example="ensemble:refusal+safemt:embedded",
-    argument=JUDGE_SPECS,
-    composite=True,
 )
-def majority_ensemble(members: str, **model_options: Any) -> EnsembleJudge:
-    """`ensemble:<spec>+<spec>...`; the model options reach every member."""
-    return ensemble_of(members, "majority", **model_options)
-
-
-@JUDGES.register(
+register_rule(
     "ensemble-any-unsafe",
+    "any-unsafe",
     summary="unsafe when any judge says so",
     example="ensemble-any-unsafe:refusal+classifier",
-    argument=JUDGE_SPECS,
-    composite=True,
 )
-def any_unsafe_ensemble(members: str, **model_options: Any) -> EnsembleJudge:
-    """`ensemble-any-unsafe:<spec>+<spec>...`; the model options reach every member."""
-    return ensemble_of(members, "any-unsafe", **model_options)
 
 
 async def _guarded(

@@ -29,7 +29,7 @@ Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class JudgeTrainConfig:
     """Everything that decides a trained judge (recorded in its metadata)."""
 
     tuned_layers: int = 1
@@ -125,7 +125,7 @@ def predict(top: Any, data: Encoded, batch_size: int = 64) -> Floats:
 
 
 def _factor_loss(
-    logits: Any, examples: Sequence[ReplyExample], weights: Floats, config: TrainConfig
+    logits: Any, examples: Sequence[ReplyExample], weights: Floats, config: JudgeTrainConfig
 ) -> Any:
     """Weighted cross-entropy of P(unsafe) = P(harmful request)·P(complied).
 
@@ -174,7 +174,7 @@ def _plan(train: Encoded) -> _Plan:
     return _Plan(labelled, weights, pairs)
 
 
-def _optimizer(top: Any, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
+def _optimizer(top: Any, config: JudgeTrainConfig, total_steps: int) -> tuple[Any, Any]:
     """AdamW (layers and head at their own rates), 50 warm-up steps, then linear decay."""
     import torch
 
@@ -205,7 +205,7 @@ def _epoch(
     train: Encoded,
     plan: _Plan,
     steps: tuple[Any, Any],
-    config: TrainConfig,
+    config: JudgeTrainConfig,
     rng: random.Random,
     log: Log,
     *,
@@ -236,7 +236,7 @@ def _epoch(
 
 
 def train_top(
-    train: Encoded, val: Encoded, config: TrainConfig, log: Log
+    train: Encoded, val: Encoded, config: JudgeTrainConfig, log: Log
 ) -> tuple[Any, dict[str, float]]:
     """Fit a top on `train`, keep the epoch with the best validation loss, rate thresholds.
 

@@ -32,12 +32,12 @@ from pydantic import ValidationError
 from safeturn.data.labelled import (
     DEFAULT_SOURCE,
     SkippedLine,
+    answerable,
     brief_validation_error,
     chat_messages,
     json_object,
     line_id,
     read_items,
-    with_local_images,
 )
 from safeturn.errors import SchemaError
 from safeturn.schema import Dialogue, ImagePart, Message, Reply, Sample
@@ -132,16 +132,13 @@ def parse_reply_line(
         sample, reply = _sample_line(record)
     else:
         sample, reply = _chat_line(record, number)
-    context = sample.dialogue.messages
-    if not any(m.role == "user" for m in context):
-        raise SchemaError("no user message before the reply; a reply must answer a user turn")
-    if context[-1].role != "user":
-        raise SchemaError(
-            f"the message before the reply is a {context[-1].role} turn; the reply must "
-            "answer a user turn"
-        )
-    sample = with_local_images(sample, root)
-    sample.check_images()
+    sample = answerable(
+        sample,
+        root,
+        no_user="no user message before the reply; a reply must answer a user turn",
+        last_role="the message before the reply is a {role} turn; the reply must answer a "
+        "user turn",
+    )
     model = record.get("model")
     if isinstance(model, str) and model:
         reply = reply.model_copy(update={"model": model})

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from string import Template
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
 from safeturn.errors import BackendError, ImageError, SafeturnError
 from safeturn.jsonparse import json_candidates
@@ -37,6 +39,7 @@ from safeturn.schema import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+A = TypeVar("A")
 
 JUDGE_PARAMS = GenerateParams(max_tokens=384, temperature=0.0)
 """Greedy decoding with room for a short reason."""
@@ -259,14 +262,15 @@ class PromptedJudge(AsyncResource):
         rationale: str,
         *,
         score: float | None = None,
+        refused: bool | None = None,
     ) -> Verdict:
-        """A verdict on `reply`, with `refused` as the refusal detector reads the reply."""
+        """A verdict on `reply`; `refused` defaults to what the refusal detector reads in it."""
         return Verdict(
             sample_id=sample.id,
             turn=turn,
             judge=self.name,
             label=label,
-            refused=detect_refusal(reply.text)[0],
+            refused=detect_refusal(reply.text)[0] if refused is None else refused,
             score=score,
             rationale=rationale,
         )
@@ -287,6 +291,65 @@ class PromptedJudge(AsyncResource):
         await self.model.aclose()
 
 
+class PromptedReplyJudge(PromptedJudge, ABC, Generic[A]):
+    """A prompted `Judge` of one reply: build the request, ask, read the answer as a verdict.
+
+    `__call__` is written once here; a judge fills in its `prompt`, its `parse` (raising
+    `ValueError` on unreadable output, which earns a correction turn) and `answer_verdict`.
+    A judge that never reaches a readable answer gives an invalid verdict, never an exception.
+    """
+
+    @abstractmethod
+    def prompt(self, sample: Sample, dialogue: Dialogue, reply_text: str) -> str:
+        """The user message asking about `reply_text`, the answer to the end of `dialogue`."""
+
+    @abstractmethod
+    def parse(self, text: str) -> A:
+        """The judge's output as an answer; `ValueError` saying why when it is unreadable."""
+
+    @abstractmethod
+    def answer_verdict(
+        self, sample: Sample, turn: int, reply: Reply, answer: JudgeAnswer[A]
+    ) -> Verdict:
+        """The verdict a readable answer gives."""
+
+    def judge_request(self, sample: Sample, dialogue: Dialogue, reply_text: str) -> Dialogue:
+        """The request about one reply: `prompt` sent as `request` builds it."""
+        return self.request(self.prompt(sample, dialogue, reply_text), dialogue)
+
+    async def __call__(
+        self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int
+    ) -> Verdict:
+        """Judge the reply to the `turn`-th user message; never raises on judge failures."""
+        shown = judged_dialogue(dialogue, turn)
+        try:
+            answer = await self.ask(self.judge_request(sample, shown, reply.text), self.parse)
+        except JudgeFailure as failure:
+            return self.invalid(sample, turn, failure)
+        return self.answer_verdict(sample, turn, reply, answer)
+
+
+class Reasoned(Protocol):
+    """An answer with a `reason` (a NamedTuple such as `TurnScores` or `RiskScore`)."""
+
+    @property
+    def reason(self) -> str:
+        """The judge's reason."""
+        ...
+
+    def _replace(self, *, reason: str) -> Self: ...
+
+
+R = TypeVar("R", bound=Reasoned)
+
+
+def noted(answer: JudgeAnswer[R]) -> R:
+    """The answer, its reason noting the attempt that succeeded when it was not the first."""
+    if answer.attempts == 1:
+        return answer.value
+    return answer.value._replace(reason=with_attempts(answer.value.reason, answer.attempts))
+
+
 def with_attempts(reason: str, attempts: int) -> str:
     """`reason`, noting the attempt that succeeded when it was not the first."""
     if attempts == 1:
@@ -301,3 +364,16 @@ def one_of(value: Any, choices: tuple[str, ...], field: str) -> str:
     if text not in choices:
         raise ValueError(f'"{field}" must be one of {", ".join(choices)}; got {value!r}')
     return text
+
+
+def number_in(value: Any, field: str, low: float, high: float) -> float:
+    """`value` (a number or a numeric string) in [low, high], or a `ValueError` naming the field."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f'"{field}" must be a number from {low:g} to {high:g}; got {value!r}')
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f'"{field}" must be from {low:g} to {high:g}; got {value!r}')
+    return number

@@ -171,7 +171,6 @@ def _note(answer: tuple[Choice, str] | JudgeFailure) -> str:
 @model_judge(
     "pairwise",
     summary="a model picks the safer helpful reply, asked in both orders",
-    example="pairwise:openai:http://localhost:8000/v1#judge",
     registry=PAIRWISE_JUDGES,
 )
 class LLMPairwiseJudge(PromptedJudge):

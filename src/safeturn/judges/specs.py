@@ -55,6 +55,7 @@ def judge_model(model_spec: str, **model_options: Any) -> ChatModel:
 
 
 JudgeClass = TypeVar("JudgeClass", bound="Callable[[ChatModel], object]")
+T = TypeVar("T")
 
 
 def model_judge(
@@ -105,10 +106,7 @@ def parse_judge_spec(spec: str, **model_options: Any) -> Judge:
         >>> parse_judge_spec("safemt:scripted:refuse").name
         'safemt:scripted:refuse'
     """
-    judge = JUDGES.create(spec, **model_options)
-    if not isinstance(judge, Judge):
-        raise ModelSpecError(f"judge {spec!r} built a {type(judge).__name__}, not a Judge")
-    return judge
+    return checked_create(JUDGES, Judge, spec, **model_options)
 
 
 def parse_pairwise_spec(spec: str, **model_options: Any) -> PairwiseJudge:
@@ -123,7 +121,18 @@ def parse_pairwise_spec(spec: str, **model_options: Any) -> PairwiseJudge:
     """
     from safeturn.judges.pairwise import PairwiseJudge
 
-    judge = PAIRWISE_JUDGES.create(spec, **model_options)
-    if not isinstance(judge, PairwiseJudge):
-        raise ModelSpecError(f"pairwise judge {spec!r} built a {type(judge).__name__}")
-    return judge
+    return checked_create(PAIRWISE_JUDGES, PairwiseJudge, spec, **model_options)
+
+
+def checked_create(registry: Registry[T], kind: type[object], spec: str, **options: Any) -> T:
+    """What `registry.create` builds, checked at run time to be a `kind` (plugins may err).
+
+    Raises:
+        ModelSpecError: The factory built something else; also `Registry.create`'s errors.
+    """
+    built = registry.create(spec, **options)
+    if not isinstance(built, kind):
+        raise ModelSpecError(
+            f"{registry.kind} {spec!r} built a {type(built).__name__}, not a {kind.__name__}"
+        )
+    return built

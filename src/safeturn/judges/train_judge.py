@@ -45,7 +45,7 @@ from safeturn.judges.cross_encoder import (
     pad,
 )
 from safeturn.judges.hard_cases import generate
-from safeturn.judges.judge_fit import Encoded, Log, TrainConfig, predict, train_top
+from safeturn.judges.judge_fit import Encoded, JudgeTrainConfig, Log, predict, train_top
 from safeturn.judges.judge_thresholds import (
     THRESHOLD_RULE_NOTES,
     THRESHOLD_RULES,
@@ -59,7 +59,7 @@ from safeturn.metrics.roc import auroc
 
 __all__ = [  # the trainer's public names, some defined in judge_fit / judge_thresholds
     "THRESHOLD_RULES",
-    "TrainConfig",
+    "JudgeTrainConfig",
     "benign_source_threshold",
     "best_threshold",
     "build_examples",
@@ -134,7 +134,7 @@ def behaviour_requests(root: Path) -> list[tuple[str, str, str, bool]]:
     return out
 
 
-def build_examples(root: Path, config: TrainConfig) -> list[ReplyExample]:
+def build_examples(root: Path, config: JudgeTrainConfig) -> list[ReplyExample]:
     """Real labelled replies plus hard cases, every one with its family and group."""
     real = load_reply_examples(root, caps=config.caps)
     hard = generate(
@@ -143,7 +143,7 @@ def build_examples(root: Path, config: TrainConfig) -> list[ReplyExample]:
     return real + hard
 
 
-def encode_all(examples: Sequence[ReplyExample], config: TrainConfig, log: Log) -> Encoded:
+def encode_all(examples: Sequence[ReplyExample], config: JudgeTrainConfig, log: Log) -> Encoded:
     """Token ids and the frozen layers' states (float16) of every example, computed once."""
     import torch
 
@@ -277,7 +277,7 @@ def _headline(
 
 
 def leave_one_source_out(
-    data: Encoded, config: TrainConfig, families: Sequence[str], log: Log
+    data: Encoded, config: JudgeTrainConfig, families: Sequence[str], log: Log
 ) -> dict[str, Any]:
     """One fold per family: train without it (see ALSO_DROPPED), score all of it."""
     folds: dict[str, Any] = {}
@@ -309,7 +309,7 @@ def summary_line(family: str, fold: dict[str, Any]) -> str:
 
 
 def train_final(
-    data: Encoded, config: TrainConfig, log: Log
+    data: Encoded, config: JudgeTrainConfig, log: Log
 ) -> tuple[ReplyJudgeModel, dict[str, Any]]:
     """Train on every family's train split; test per family on its test split."""
     top, rules = train_top(_part(data, "train"), _part(data, "validation"), config, log)
@@ -328,7 +328,7 @@ def train_final(
 def main(
     root: Path,
     out: Path = DEFAULT_WEIGHTS,
-    config: TrainConfig | None = None,
+    config: JudgeTrainConfig | None = None,
     *,
     loso: Sequence[str] = FAMILIES,
     card_path: Path | None = None,
@@ -349,7 +349,7 @@ def main(
     """
     from safeturn.judges.judge_card import write_card
 
-    config = config or TrainConfig()
+    config = config or JudgeTrainConfig()
     examples = build_examples(root, config)
     counts = Counter(f"{ex.source}/{ex.kind}/{ex.unsafe}" for ex in examples)
     log(f"{len(examples)} examples")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -68,20 +68,39 @@ def bootstrap_ci(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     axis_aware = statistic in _AXIS_AWARE if vectorized is None else vectorized
-    rng = np.random.default_rng(seed)
-    n = data.size
-    rows = max(1, _CHUNK_CELLS // n)
     stats: list[npt.NDArray[np.float64]] = []
-    for start in range(0, n_resamples, rows):
-        count = min(rows, n_resamples - start)
-        block = data[rng.integers(0, n, size=(count, n))]
+    for picks in resample_indices(data.size, n_resamples, seed):
+        block = data[picks]
         if axis_aware:
             stats.append(np.asarray(statistic(block, axis=1), dtype=np.float64))
         else:
             stats.append(np.array([float(statistic(row)) for row in block], dtype=np.float64))
+    return percentile_interval(np.concatenate(stats), confidence)
+
+
+def resample_indices(n: int, n_resamples: int, seed: int) -> Iterator[npt.NDArray[np.int64]]:
+    """Indices of `n_resamples` resamples of `n` items with replacement, in blocks of rows.
+
+    A block holds at most `_CHUNK_CELLS` indices, so memory stays bounded for large inputs;
+    the generator is seeded with `seed`, so the same call always draws the same resamples.
+    """
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_CELLS // n)
+    for start in range(0, n_resamples, rows):
+        yield rng.integers(0, n, size=(min(rows, n_resamples - start), n))
+
+
+def percentile_interval(stats: npt.NDArray[np.float64], confidence: float) -> Interval:
+    """The `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles of resampled statistics."""
     alpha = 1.0 - confidence
-    low, high = np.quantile(np.concatenate(stats), [alpha / 2, 1 - alpha / 2])
+    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return Interval(float(low), float(high))
+
+
+def rate_within(hits: int, total: int, interval: Interval) -> Rate:
+    """`hits` of `total` as a `Rate` whose interval is widened to hold the value if need be."""
+    value = hits / total
+    return Rate(hits, total, value, min(interval.low, value), max(interval.high, value))
 
 
 def bootstrap_rate(
@@ -109,6 +128,5 @@ def bootstrap_rate(
     count = sum(1 for hit in hits if hit)
     if total == 0:
         return Rate(0, 0, math.nan, 0.0, 1.0)
-    value = count / total
-    low, high = bootstrap_ci([float(bool(h)) for h in hits], np.mean, n_resamples, confidence, seed)
-    return Rate(count, total, value, min(low, value), max(high, value))
+    flat = [float(bool(h)) for h in hits]
+    return rate_within(count, total, bootstrap_ci(flat, np.mean, n_resamples, confidence, seed))

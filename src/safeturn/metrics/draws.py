@@ -20,7 +20,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from safeturn.metrics.bootstrap import _CHUNK_CELLS, bootstrap_rate
+from safeturn.metrics.bootstrap import (
+    bootstrap_rate,
+    percentile_interval,
+    rate_within,
+    resample_indices,
+)
 from safeturn.metrics.rates import Rate, rate, wilson_bounds
 
 Items = Sequence[Sequence[bool]]
@@ -104,7 +109,7 @@ def cluster_bootstrap_rate(
 
     Args:
         items: Draw outcomes per item.
-        n_resamples: How many resamples to draw.
+        n_resamples: How many resamples of the items (all draws of each) to draw.
         confidence: The interval's coverage.
         seed: Seed of the random generator.
 
@@ -117,14 +122,9 @@ def cluster_bootstrap_rate(
         return bootstrap_rate(flat, n_resamples, confidence, seed)
     hits = np.array([sum(g) for g in groups], dtype=np.float64)
     sizes = np.array([len(g) for g in groups], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_CELLS // len(groups))  # bounded memory for large runs
-    blocks = []
-    for start in range(0, n_resamples, rows):
-        picks = rng.integers(0, len(groups), size=(min(rows, n_resamples - start), len(groups)))
-        blocks.append(hits[picks].sum(axis=1) / sizes[picks].sum(axis=1))
-    ratios = np.concatenate(blocks)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
-    value = sum(flat) / len(flat)
-    return Rate(sum(flat), len(flat), value, min(float(low), value), max(float(high), value))
+    ratios = [
+        hits[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+        for picks in resample_indices(len(groups), n_resamples, seed)
+    ]
+    interval = percentile_interval(np.concatenate(ratios), confidence)
+    return rate_within(sum(flat), len(flat), interval)

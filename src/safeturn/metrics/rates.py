@@ -19,9 +19,13 @@ class Rate(NamedTuple):
     high: float
 
     def __str__(self) -> str:
-        if self.total == 0:
-            return "n/a"
-        return f"{self.value:.1%} [{self.low:.0%}, {self.high:.0%}] ({self.hits}/{self.total})"
+        counts = f"{self.hits}/{self.total}"
+        return interval_text(self.value, self.low, self.high, counts) if self.total else "n/a"
+
+
+def interval_text(value: float, low: float, high: float, counts: str) -> str:
+    """How a rate with its interval prints: `value [low, high] (counts)`."""
+    return f"{value:.1%} [{low:.0%}, {high:.0%}] ({counts})"
 
 
 def wilson_bounds(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from safeturn.metrics.bootstrap import bootstrap_ci
-from safeturn.metrics.rates import wilson_bounds
+from safeturn.metrics.rates import interval_text, wilson_bounds
 
 Outcome = Literal["a", "b", "tie"]
 """Which side won one comparison."""
@@ -35,12 +35,8 @@ class WinRate(NamedTuple):
     high: float
 
     def __str__(self) -> str:
-        if self.total == 0:
-            return "n/a"
-        return (
-            f"{self.value:.1%} [{self.low:.0%}, {self.high:.0%}] "
-            f"(A {self.wins_a} / B {self.wins_b} / tie {self.ties})"
-        )
+        counts = f"A {self.wins_a} / B {self.wins_b} / tie {self.ties}"
+        return interval_text(self.value, self.low, self.high, counts) if self.total else "n/a"
 
 
 def win_rate(

@@ -23,14 +23,10 @@ many that share one database (PostgreSQL across machines), splits a run's sample
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from types import TracebackType
 
 from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql
@@ -40,11 +36,11 @@ from sqlalchemy.sql.dml import Insert
 from safeturn.run.lease import (
     HEARTBEAT_S,
     STALE_AFTER_S,
-    Heartbeat,
     Holder,
     RunBusyError,
     RunLease,
-    pid_alive,
+    Seat,
+    process_alive,
 )
 from safeturn.run.store import RunStore
 from safeturn.run.tables import ClaimRow, RunRow, SampleRow, VerdictRow, WorkerRow
@@ -59,15 +55,12 @@ _LIVE: set[str] = set()
 
 def worker_alive(holder: Holder, *, stale_after_s: float, now: float | None = None) -> bool:
     """Whether a worker may still be working: a fresh heartbeat, and a live process here."""
-    now = time.time() if now is None else now
-    if now - holder.heartbeat > stale_after_s:
-        return False
-    if holder.host != socket.gethostname():
-        return True
-    if holder.pid == os.getpid():
-        with _LOCK:
-            return holder.token in _LIVE
-    return pid_alive(holder.pid)
+    return process_alive(holder, stale_after_s=stale_after_s, now=now, held_here=_worker_here)
+
+
+def _worker_here(token: str) -> bool:
+    with _LOCK:
+        return token in _LIVE
 
 
 def live_workers(store: RunStore, run_id: str, *, stale_after_s: float = STALE_AFTER_S) -> int:
@@ -86,12 +79,15 @@ def ensure_no_workers(store: RunStore, run_id: str) -> None:
         )
 
 
-class RunWorker:
+class RunWorker(Seat):
     """This process's seat among a run's workers, for a `with` block: join, claim, leave.
 
     `lost` is set when a renewal finds the seat gone (this process stalled past
     `stale_after_s` and the others took its samples): the engine then starts no new sample.
     """
+
+    kind = "worker"
+    stalled = "this worker stalled and the others took its samples over"
 
     def __init__(
         self,
@@ -105,19 +101,13 @@ class RunWorker:
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        self.store = store
-        self.run_id = run_id
+        super().__init__(store, run_id, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
         self.batch = batch
-        self.stale_after_s = stale_after_s
-        self.heartbeat_s = heartbeat_s
         self.join_wait_s = join_wait_s
-        self.token = uuid.uuid4().hex
-        self.lost = threading.Event()
         self.new_round = False
         """Whether this worker started the round (it found no live worker)."""
         self._handed_out: set[str] = set()
         """Samples already given to the engine (a worker's claims are read back whole)."""
-        self._heartbeat: Heartbeat | None = None
         self._postgres = store.engine.dialect.name == "postgresql"
 
     # joining and leaving --------------------------------------------------------------------
@@ -133,18 +123,11 @@ class RunWorker:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self._heartbeat = Heartbeat(self.renew, self.heartbeat_s, f"safeturn-worker-{self.run_id}")
-        self._heartbeat.start()
+        self._start_heartbeat()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+    def _leave(self) -> None:
+        self._stop_heartbeat()
         with _LOCK:
             _LIVE.discard(self.token)
         try:
@@ -161,20 +144,17 @@ class RunWorker:
             self.new_round = not live
             if self.new_round:
                 _start_round(connection, self.run_id)
-            holder = Holder(self.token, socket.gethostname(), os.getpid(), time.time())
-            connection.execute(insert(WorkerRow).values(run_id=self.run_id, **holder._asdict()))
+            holder = self.holder()._asdict()
+            connection.execute(insert(WorkerRow).values(run_id=self.run_id, **holder))
         with _LOCK:
             _LIVE.add(self.token)
 
-    def renew(self) -> bool:
-        """Refresh this worker's heartbeat; False (and `lost` set) when its seat is gone."""
+    def _renewed(self) -> bool:
         with self.store.engine.begin() as connection:
             renewed = connection.execute(
                 update(WorkerRow).where(WorkerRow.token == self.token).values(heartbeat=time.time())
             )
-        if renewed.rowcount != 1:
-            self.lost.set()
-        return not self.lost.is_set()
+        return bool(renewed.rowcount == 1)
 
     # claiming -------------------------------------------------------------------------------
     def claim(self) -> list[str]:

@@ -22,19 +22,18 @@ import asyncio
 import contextlib
 import gc
 import logging
-import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from safeturn.errors import SchemaError, StoreError
+from safeturn.errors import SafeturnError, SchemaError, StoreError
 from safeturn.judges.base import Judge
 from safeturn.models.base import ChatModel
 from safeturn.run.calls import cached_generate
 from safeturn.run.claims import RunWorker, ensure_no_workers
-from safeturn.run.lease import HEARTBEAT_S, STALE_AFTER_S, RunLease
+from safeturn.run.lease import HEARTBEAT_S, STALE_AFTER_S, RunLease, Seat
 from safeturn.run.store import RunStore
 from safeturn.schema import Dialogue, GenerateParams, Message, Reply, Sample, Verdict
 
@@ -141,9 +140,18 @@ def members_used(settings: EvalSettings) -> list[dict[str, Any]]:
     from safeturn import __version__
     from safeturn.judges.specs import JUDGES
     from safeturn.models.spec import BACKENDS
+    from safeturn.registry import Registry
 
-    created = [BACKENDS.describe(settings.model), *(JUDGES.describe(j) for j in settings.judges)]
-    return [{**c.as_dict(), "safeturn": __version__} for c in created]
+    named: list[tuple[Registry[Any], str]] = [(BACKENDS, settings.model)]
+    named += [(JUDGES, spec) for spec in settings.judges]
+    records = []
+    for registry, spec in named:
+        try:
+            record = registry.describe(spec).as_dict()
+        except SafeturnError:  # a model object passed in by a library caller, not a spec
+            record = {"kind": registry.kind, "name": None, "spec": spec, "origin": None}
+        records.append({**record, "safeturn": __version__})
+    return records
 
 
 def run_settings(store: RunStore, run_id: str) -> EvalSettings:
@@ -186,14 +194,7 @@ async def execute_run(
         samples = [s for s in stored if s.id in todo]
         slots = min(max(1, settings.concurrency), len(samples))
         feed = _list_feed(samples)
-        await _run_samples(
-            store, run_id, settings, feed, slots, model, judges, on_sample, lease.lost
-        )
-        if lease.lost.is_set():
-            raise StoreError(
-                f"run {run_id}: this process stalled and another one took the run over; "
-                "the samples finished here are stored"
-            )
+        await _run_samples(store, run_id, settings, feed, slots, model, judges, on_sample, lease)
         store.finish_run(run_id, "done")
 
 
@@ -232,14 +233,7 @@ async def execute_worker(
             stored = {sample.id: sample for sample in _stored_samples(store, run_id)}
         feed = _claim_feed(worker, stored, poll_s)
         slots = max(1, settings.concurrency)
-        await _run_samples(
-            store, run_id, settings, feed, slots, model, judges, on_sample, worker.lost
-        )
-        if worker.lost.is_set():
-            raise StoreError(
-                f"run {run_id}: this worker stalled and the others took its samples over; "
-                "the samples finished here are stored"
-            )
+        await _run_samples(store, run_id, settings, feed, slots, model, judges, on_sample, worker)
         return worker.finish()
 
 
@@ -324,8 +318,13 @@ async def _run_samples(
     model: ChatModel,
     judges: Sequence[Judge],
     on_sample: SampleCallback | None,
-    stop: threading.Event,
+    seat: Seat,
 ) -> None:
+    """Run the feed's samples in `slots` workers; raise `StoreError` once `seat` is lost.
+
+    The samples finished before the loss are stored; another process runs the rest.
+    """
+    stop = seat.lost
     runners: dict[int, SampleRunner] = {}
 
     def runner_for(sample: Sample) -> SampleRunner:
@@ -365,6 +364,8 @@ async def _run_samples(
         raise first from None
     finally:
         gc.unfreeze()
+    if stop.is_set():
+        raise StoreError(f"run {run_id}: {seat.stalled}; the samples finished here are stored")
 
 
 class TurnOutcome(NamedTuple):

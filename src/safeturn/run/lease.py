@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -49,10 +50,21 @@ class Holder(NamedTuple):
 
 
 def holder_alive(holder: Holder, *, stale_after_s: float, now: float | None = None) -> bool:
-    """Whether a lease's holder may still be working.
+    """Whether a lease's holder may still be working (for this very process: a lease it holds)."""
+    return process_alive(holder, stale_after_s=stale_after_s, now=now, held_here=_lease_held)
 
-    It needs a fresh heartbeat; on this host, also a process that is still there (and, for
-    this very process, a lease it has not let go).
+
+def process_alive(
+    holder: Holder,
+    *,
+    stale_after_s: float,
+    held_here: Callable[[str], bool],
+    now: float | None = None,
+) -> bool:
+    """Whether a holder (of a lease or a worker's seat) may still be working.
+
+    It needs a fresh heartbeat; on this host, also a process that is still there, and for this
+    very process, a token it has not let go (`held_here(token)`).
     """
     now = time.time() if now is None else now
     if now - holder.heartbeat > stale_after_s:
@@ -60,9 +72,13 @@ def holder_alive(holder: Holder, *, stale_after_s: float, now: float | None = No
     if holder.host != socket.gethostname():
         return True
     if holder.pid == os.getpid():
-        with _LOCK:
-            return any(lease.token == holder.token for lease, _ in _HELD.values())
+        return held_here(holder.token)
     return pid_alive(holder.pid)
+
+
+def _lease_held(token: str) -> bool:
+    with _LOCK:
+        return any(lease.token == token for lease, _ in _HELD.values())
 
 
 def pid_alive(pid: int) -> bool:
@@ -111,13 +127,17 @@ class Heartbeat:
                 continue
 
 
-class RunLease:
-    """Hold a run's lease for a `with` block; a heartbeat thread renews it.
+class Seat(ABC):
+    """What one process holds in a run (its lease, a worker's seat), kept by a heartbeat thread.
 
-    Raises `RunBusyError` on entry when another live process holds it. `lost` is set when a
-    renewal finds the lease taken (this process stalled past `stale_after_s`): the engine then
-    starts no new sample.
+    `lost` is set when a renewal finds it gone (this process stalled past `stale_after_s` and
+    another took over): the engine then starts no new sample.
     """
+
+    kind = "seat"
+    """Names the heartbeat thread: `safeturn-{kind}-{run_id}`."""
+    stalled = "this process stalled and lost its seat"
+    """What losing the seat means, for the error that reports it."""
 
     def __init__(
         self,
@@ -134,8 +154,57 @@ class RunLease:
         self.token = uuid.uuid4().hex
         self.lost = threading.Event()
         self._heartbeat: Heartbeat | None = None
-        self._key = (store.url, run_id)
-        self._outer: RunLease | None = None
+
+    def holder(self) -> Holder:
+        """This process as the holder of the seat, with a heartbeat of now."""
+        return Holder(self.token, socket.gethostname(), os.getpid(), time.time())
+
+    def renew(self) -> bool:
+        """Refresh the heartbeat; False (and `lost` set) when what this process held is gone."""
+        if not self._renewed():
+            self.lost.set()
+        return not self.lost.is_set()
+
+    @abstractmethod
+    def _renewed(self) -> bool:
+        """Refresh the heartbeat in the database; False when the row is no longer this one's."""
+
+    @abstractmethod
+    def _leave(self) -> None:
+        """Give the seat up (the `with` block ended)."""
+
+    def _start_heartbeat(self) -> None:
+        name = f"safeturn-{self.kind}-{self.run_id}"
+        self._heartbeat = Heartbeat(self.renew, self.heartbeat_s, name)
+        self._heartbeat.start()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._leave()
+
+
+class RunLease(Seat):
+    """Hold a run's lease for a `with` block; a heartbeat thread renews it.
+
+    Raises `RunBusyError` on entry when another live process holds it; `lost` as in `Seat`.
+    """
+
+    kind = "lease"
+    stalled = "this process stalled and another one took the run over"
+    _outer: RunLease | None = None
+    """The outer lease this one shares when it re-enters a lease this process holds."""
+
+    @property
+    def _key(self) -> tuple[str, str]:
+        return (self.store.url, self.run_id)
 
     def __enter__(self) -> RunLease:
         with _LOCK:
@@ -145,32 +214,24 @@ class RunLease:
                 self._outer = held[0]
                 self.lost = held[0].lost
                 return self
-        holder = Holder(self.token, socket.gethostname(), os.getpid(), time.time())
         self.store.claim_lease(
             self.run_id,
-            holder,
+            self.holder(),
             busy=lambda other: holder_alive(other, stale_after_s=self.stale_after_s),
         )
         with _LOCK:
             _HELD[self._key] = (self, 1)
-        self._heartbeat = Heartbeat(self._renew, self.heartbeat_s, f"safeturn-lease-{self.run_id}")
-        self._heartbeat.start()
+        self._start_heartbeat()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _leave(self) -> None:
         with _LOCK:
             lease, count = _HELD[self._key]
             if count > 1:
                 _HELD[self._key] = (lease, count - 1)
                 return
             del _HELD[self._key]
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        self._stop_heartbeat()
         try:
             self.store.release_lease(self.run_id, self.token)
         except Exception as exc:  # never hide the error the block ended with
@@ -178,11 +239,8 @@ class RunLease:
                 "run %s: could not release its lease (%s); it goes stale", self.run_id, exc
             )
 
-    def _renew(self) -> bool:
-        if self.store.renew_lease(self.run_id, self.token):
-            return True
-        self.lost.set()
-        return False
+    def _renewed(self) -> bool:
+        return self.store.renew_lease(self.run_id, self.token)
 
 
 _LOCK = threading.Lock()

@@ -47,30 +47,36 @@ def _build(model: type[YamlConfig], values: dict[str, Any], name: str) -> YamlCo
     return validated(model, values, f"loop config, {name} section", error=LoopError)
 
 
-class SftSection(LoopSection, SafeSFTConfig):
+class _MergedTrainerSection(LoopSection):
+    """A section of a one-stage trainer: its config, on the loop's files, saving merged weights.
+
+    The re-eval loads the checkpoint with `hf:`, so a LoRA run must save merged weights.
+    """
+
+    trainer: ClassVar[type[YamlConfig]]
+    section: ClassVar[str]
+    model: str = Field(default=EMBEDDED, exclude=True)
+    data: Path = Field(default=Path("train.jsonl"), exclude=True)
+    output_dir: Path = Field(default=Path("checkpoint"), exclude=True)
+
+    def trainer_config(self, *, model: str, data: Path, output_dir: Path) -> YamlConfig:
+        """The trainer's config with the loop's model, data and output_dir, and `merge_lora`."""
+        values = {**self.model_dump(), "model": model, "data": data, "output_dir": output_dir}
+        return _build(self.trainer, {**values, "merge_lora": True}, self.section)
+
+
+class SftSection(_MergedTrainerSection, SafeSFTConfig):
     """`SafeSFTConfig` fields but model, data and output_dir."""
 
-    model: str = Field(default=EMBEDDED, exclude=True)
-    data: Path = Field(default=Path("train.jsonl"), exclude=True)
-    output_dir: Path = Field(default=Path("checkpoint"), exclude=True)
-
-    def trainer_config(self, *, model: str, data: Path, output_dir: Path) -> YamlConfig:
-        """`SafeSFTConfig`, saving merged weights: the re-eval loads them with `hf:`."""
-        values = {**self.model_dump(), "model": model, "data": data, "output_dir": output_dir}
-        return _build(SafeSFTConfig, {**values, "merge_lora": True}, "sft")
+    trainer: ClassVar[type[YamlConfig]] = SafeSFTConfig
+    section: ClassVar[str] = "sft"
 
 
-class GrpoSection(LoopSection, SafeGRPOConfig):
+class GrpoSection(_MergedTrainerSection, SafeGRPOConfig):
     """`SafeGRPOConfig` fields but model, data and output_dir."""
 
-    model: str = Field(default=EMBEDDED, exclude=True)
-    data: Path = Field(default=Path("train.jsonl"), exclude=True)
-    output_dir: Path = Field(default=Path("checkpoint"), exclude=True)
-
-    def trainer_config(self, *, model: str, data: Path, output_dir: Path) -> YamlConfig:
-        """`SafeGRPOConfig` on the training dialogues' user turns, saving merged weights."""
-        values = {**self.model_dump(), "model": model, "data": data, "output_dir": output_dir}
-        return _build(SafeGRPOConfig, {**values, "merge_lora": True}, "grpo")
+    trainer: ClassVar[type[YamlConfig]] = SafeGRPOConfig
+    section: ClassVar[str] = "grpo"
 
 
 class RlaifSection(LoopSection, RlaifSettings):

@@ -8,12 +8,13 @@ correction turn would become part of the judged conversation, the same request a
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
-from safeturn.judges.llm import PromptedJudge, message_texts
+from safeturn.judges.llm import PromptedReplyJudge, message_texts
 from safeturn.schema import Dialogue, GenerateParams, Message
 
 TextRole = Literal["user", "assistant"]
+A = TypeVar("A")
 
 
 class TextTurn(NamedTuple):
@@ -47,8 +48,10 @@ def user_turns_text(dialogue: Dialogue) -> str:
     return "\n".join(lines)
 
 
-class FormatJudge(PromptedJudge):
+class FormatJudge(PromptedReplyJudge[A]):
     """Base of the standard-format judges: one-message requests, format-specific retries.
+
+    A format fills in `prompt`, `parse` and `answer_verdict` (`PromptedReplyJudge`).
 
     Args:
         model: The judge model; the judge is named `<prefix>:<model.name>`.
@@ -64,8 +67,8 @@ class FormatJudge(PromptedJudge):
     resend_on_error = False
     """Retry by resending the request unchanged instead of adding a correction turn."""
 
-    def single_request(self, prompt: str, dialogue: Dialogue) -> Dialogue:
-        """The request: `prompt` as the only user message, with the dialogue's images."""
+    def request(self, prompt: str, dialogue: Dialogue) -> Dialogue:
+        """The request: `prompt` as the only user message (no system prompt), with the images."""
         images = dialogue.images if self.attach_images else []
         return Dialogue(messages=[Message.user(prompt, images)])
 

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 from safeturn.judges.formats.common import FormatJudge, text_turns
-from safeturn.judges.llm import JudgeFailure, excerpt, fill, judged_dialogue, with_attempts
+from safeturn.judges.llm import JudgeAnswer, excerpt, fill, with_attempts
 from safeturn.judges.specs import model_judge
 from safeturn.schema import Dialogue, Message, Reply, Sample, TextPart, Verdict
 from safeturn.taxonomy import MLCOMMONS_HAZARDS, Category, canonical
@@ -121,24 +121,14 @@ def llamaguard_prompt(dialogue: Dialogue, reply_text: str) -> str:
 @model_judge(
     "llamaguard",
     summary="Llama Guard 3/4 format (safe / unsafe + S1-S14), our prompt as one message",
-    example="llamaguard:openai:http://localhost:8000/v1#judge",
 )
-class LlamaGuardJudge(FormatJudge):
+class LlamaGuardJudge(FormatJudge[LlamaGuardAnswer]):
     """Safe / unsafe and hazard codes, in the Llama Guard 3 / 4 format (prompt mode).
 
     The model's answer decides, whether or not the sample is marked harmful: Llama Guard
     classifies content, and harmful content in reply to a benign request is still harmful.
 
-    Args:
-        model: The judge model; the judge is named `llamaguard:<model.name>`.
-        retries: Correction turns after an unreadable answer.
-        params: Sampling options (default greedy, 128 tokens).
-        attach_images: Send the dialogue's images with the request.
-
-    Examples:
-        >>> from safeturn.models import load_model
-        >>> LlamaGuardJudge(load_model("scripted:refuse")).name
-        'llamaguard:scripted:refuse'
+    Takes `FormatJudge`'s arguments; named `llamaguard:<model.name>`.
     """
 
     prefix = "llamaguard"
@@ -157,19 +147,22 @@ class LlamaGuardJudge(FormatJudge):
             ]
         return Dialogue(messages=[*messages, Message.assistant(reply_text)])
 
-    async def __call__(
-        self, sample: Sample, dialogue: Dialogue, reply: Reply, turn: int
-    ) -> Verdict:
-        """Judge the reply to the `turn`-th user message; never raises on judge failures."""
-        shown = judged_dialogue(dialogue, turn)
+    def prompt(self, sample: Sample, dialogue: Dialogue, reply_text: str) -> str:
+        """Our Llama Guard-style prompt (`llamaguard_prompt`)."""
+        return llamaguard_prompt(dialogue, reply_text)
+
+    def judge_request(self, sample: Sample, dialogue: Dialogue, reply_text: str) -> Dialogue:
+        """The prompt as one message, or in chat mode the conversation itself."""
         if self.chat:
-            request = self.chat_request(shown, reply.text)
-        else:
-            request = self.single_request(llamaguard_prompt(shown, reply.text), shown)
-        try:
-            answer = await self.ask(request, parse_llamaguard)
-        except JudgeFailure as failure:
-            return self.invalid(sample, turn, failure)
+            return self.chat_request(dialogue, reply_text)
+        return super().judge_request(sample, dialogue, reply_text)
+
+    parse = staticmethod(parse_llamaguard)
+
+    def answer_verdict(
+        self, sample: Sample, turn: int, reply: Reply, answer: JudgeAnswer[LlamaGuardAnswer]
+    ) -> Verdict:
+        """The label, with the codes, hazard names and categories as the rationale."""
         rationale = with_attempts(answer.value.describe(), answer.attempts)
         return self.verdict(sample, turn, reply, answer.value.label, rationale)
 
@@ -180,13 +173,7 @@ class LlamaGuardJudge(FormatJudge):
     example="llamaguard-chat:openai:http://localhost:8000/v1#meta-llama/Llama-Guard-3-8B",
 )
 class LlamaGuardChatJudge(LlamaGuardJudge):
-    """Llama Guard in chat mode: the server's Llama Guard template builds the prompt.
-
-    Examples:
-        >>> from safeturn.models import load_model
-        >>> LlamaGuardChatJudge(load_model("scripted:refuse")).name
-        'llamaguard-chat:scripted:refuse'
-    """
+    """Llama Guard in chat mode: the server's Llama Guard template builds the prompt."""
 
     prefix = "llamaguard-chat"
     chat = True
