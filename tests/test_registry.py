@@ -160,6 +160,8 @@ def test_a_broken_plugin_is_named_in_the_error(tmp_path: Path, monkeypatch: Any)
     try:
         with pytest.raises(RegistryError, match=r"plugin 'demo' \(widget_plugin_broken\)"):
             reg.names()
+        with pytest.raises(RegistryError, match="widget_plugin_broken"):  # every time
+            reg.create("plain")
     finally:
         sys.modules.pop("widget_plugin_broken", None)
 

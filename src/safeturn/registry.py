@@ -27,7 +27,7 @@ import logging
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
 from safeturn.errors import RegistryError as RegistryError
@@ -117,6 +117,7 @@ class Registry(Generic[T]):
     normalize: Callable[[str], str] = str.strip
     _entries: dict[str, Entry[T]] = field(default_factory=dict, init=False, repr=False)
     _loaded: bool = field(default=False, init=False, repr=False)
+    _failure: Exception | None = field(default=None, init=False, repr=False)
 
     @property
     def group(self) -> str:
@@ -179,7 +180,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Entry[T]:
         """The member named `name`, or the kind's error listing the known names."""
         self._load()
-        key = self.normalize(name)
+        key = self.normalize(name.strip())
         if key not in self._entries:
             raise self.error(f"unknown {self.kind} {name!r}; known: {self._known()}")
         return self._entries[key]
@@ -243,20 +244,29 @@ class Registry(Generic[T]):
         )
 
     def _load(self) -> None:
+        if self._failure is not None:  # fail the same way on every lookup, not only the first
+            raise self._failure
         if self._loaded:
             return
         self._loaded = True  # set first: a built-in module may look itself up while loading
-        for module in self.builtins:
-            importlib.import_module(module)
-        for point in entry_points(group=self.group):
-            try:
-                point.load()
-            except Exception as exc:  # a broken plugin must not take the built-ins down
-                raise RegistryError(
-                    f"plugin {point.name!r} ({point.value}) in entry-point group "
-                    f"{self.group} failed to load: {exc}"
-                ) from exc
-            logger.debug("loaded %s plugin %s from %s", self.kind, point.name, point.value)
+        try:
+            for module in self.builtins:
+                importlib.import_module(module)
+            for point in entry_points(group=self.group):
+                self._load_plugin(point)
+        except Exception as exc:
+            self._failure = exc
+            raise
+
+    def _load_plugin(self, point: EntryPoint) -> None:
+        try:
+            point.load()
+        except Exception as exc:
+            raise RegistryError(
+                f"plugin {point.name!r} ({point.value}) in entry-point group {self.group} "
+                f"failed to load: {exc}; fix or uninstall the package that declares it"
+            ) from exc
+        logger.debug("loaded %s plugin %s from %s", self.kind, point.name, point.value)
 
 
 def modules_in(package: str) -> tuple[str, ...]:

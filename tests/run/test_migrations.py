@@ -202,8 +202,15 @@ def _decision(decision_id: str) -> Decision:
     )
 
 
-def test_a_pre_worker_database_takes_long_ids_after_migrating(database: Database) -> None:
-    """Revision 1's VARCHAR(255) sample ids become TEXT: a 400-character id then fits."""
+@pytest.mark.parametrize("worker_tables", [False, True], ids=["pre-workers", "69f09f0"])
+def test_a_pre_worker_database_takes_long_ids_after_migrating(
+    database: Database, worker_tables: bool
+) -> None:
+    """Revision 1's VARCHAR(255) sample ids become TEXT: a 400-character id then fits.
+
+    With `worker_tables`, the database is one that the release before versioning opened: it
+    added the worker tables to the old schema but never widened the keys.
+    """
     from alembic import command
 
     from safeturn.run.migrate import _locked
@@ -216,6 +223,8 @@ def test_a_pre_worker_database_takes_long_ids_after_migrating(database: Database
         command.upgrade(config, "0001")
     engine.dispose()
     database.execute(f"DROP TABLE {VERSION_TABLE}")  # as the release before versioning made it
+    if worker_tables:
+        _create_all(database.target, "run_workers", "sample_claims")
     store = RunStore(database.target, durability="sync")
     long_id = "s/" + "x" * 400
     run_id = start_run(store, [_sample(long_id)], EvalSettings(model="m"))

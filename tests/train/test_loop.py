@@ -446,3 +446,20 @@ def test_heldout_only_strategies_reach_the_reeval_not_training(tmp_path: Path) -
     assert {"asr_strategy_escalation", "asr_strategy_fake-compliance"} <= rows
     with pytest.raises(LoopError, match="only once"):
         _scripted_config(tmp_path / "x", heldout_strategies=["escalation"])
+
+
+def test_a_loop_json_with_sections_as_yaml_wrote_them_still_resumes(tmp_path: Path) -> None:
+    from safeturn.train.loop_state import LoopPaths, LoopState, open_state
+
+    config = LoopConfig.load(None, out=tmp_path, sft={"learning_rate": 5e-5, "max_steps": 3})
+    paths = LoopPaths(tmp_path)
+    stored = config.fingerprint()
+    # before sections were typed, loop.json kept them as PyYAML read them: 5e-5 is a string
+    stored["sft"] = {"learning_rate": "5e-5", "max_steps": 3}
+    paths.state.write_text(LoopState(config=stored).model_dump_json())
+    assert open_state(config, paths).config["sft"] == stored["sft"]
+
+    stored["sft"] = {"learning_rate": "1e-4", "max_steps": 3}
+    paths.state.write_text(LoopState(config=stored).model_dump_json())
+    with pytest.raises(LoopError, match="sft"):
+        open_state(config, paths)

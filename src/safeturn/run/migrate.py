@@ -103,11 +103,11 @@ def _upgrade(connection: Connection, shown_url: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    legacy = None if current is not None else legacy_revision(connection)
-    if legacy is not None:  # create what it lacks of that revision and stamp it there
-        config.attributes[ADOPT_OPTION] = True
-        command.upgrade(config, legacy)
-        config.attributes[ADOPT_OPTION] = False
+    # An unversioned database is adopted through every revision, not stamped at the one its
+    # tables match: a PostgreSQL one that an older safeturn gave the worker tables still has
+    # the narrow keys revision 0002 widens. Adopting, a table or index already there is kept.
+    adopt = current is None and legacy_revision(connection) is not None
+    config.attributes[ADOPT_OPTION] = adopt
     command.upgrade(config, "head")
 
 

@@ -7,6 +7,7 @@ rather than mixing two experiments in one folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from safeturn.errors import LoopError
 from safeturn.train.config import changed_settings
-from safeturn.train.loop_config import LoopConfig
+from safeturn.train.loop_config import SECTIONS, LoopConfig
 
 if TYPE_CHECKING:
     from safeturn.report.compare import BeforeAfter
@@ -105,13 +106,32 @@ def open_state(config: LoopConfig, paths: LoopPaths) -> LoopState:
         return LoopState(config=fingerprint)
     state = LoopState.model_validate_json(paths.state.read_text(encoding="utf-8"))
     defaults = LoopConfig.load(None).fingerprint()
-    changed = changed_settings(state.config, fingerprint, defaults)
+    changed = changed_settings(_typed_sections(state.config, config), fingerprint, defaults)
     if changed:
         raise LoopError(
             f"{paths.out} holds a loop with a different config ({', '.join(changed)} "
             "changed); use another --out, or delete the folder to start over"
         )
     return state
+
+
+def _typed_sections(stored: dict[str, Any], config: LoopConfig) -> dict[str, Any]:
+    """A stored fingerprint with its trainer sections read as the sections now type them.
+
+    Older `loop.json` files hold sections as written in YAML (PyYAML reads `5e-5` as a
+    string); typed now, the same value is stored as `5e-05`, and must not count as a change.
+    """
+    typed = dict(stored)
+    for name in SECTIONS:
+        section = stored.get(name)
+        if isinstance(section, dict):
+            model = type(getattr(config, name))
+            # A section no longer valid is compared as stored, so it shows as changed.
+            with contextlib.suppress(ValueError):
+                typed[name] = model.model_validate(section).model_dump(
+                    mode="json", exclude_unset=True
+                )
+    return typed
 
 
 class LoopResult(BaseModel):
