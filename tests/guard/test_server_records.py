@@ -19,6 +19,7 @@ from safeturn.guard.jsonlog import JsonLineFormatter
 from safeturn.run.store import RunStore
 from tests.conftest import png_bytes
 from tests.databases import Database
+from tests.guard._decisions import decision
 
 from .conftest import (
     MODEL,
@@ -190,7 +191,7 @@ async def test_no_secret_or_content_reaches_logs_or_database(
 async def test_decision_log_survives_a_broken_database(tmp_path: Path) -> None:
     log = DecisionLog(tmp_path / "d.db")
     log.write = _raise  # type: ignore[method-assign]
-    assert log.submit(_decision("a"))
+    assert log.submit(decision("a"))
     await log.flush()
     assert log.failed == 1
     await log.aclose()
@@ -198,8 +199,8 @@ async def test_decision_log_survives_a_broken_database(tmp_path: Path) -> None:
 
 async def test_decision_log_drops_when_full(database: Database) -> None:
     log = DecisionLog(database.target, max_pending=1)
-    assert log.submit(_decision("a"))
-    assert not log.submit(_decision("b"))  # the writer has not run yet: the queue is full
+    assert log.submit(decision("a"))
+    assert not log.submit(decision("b"))  # the writer has not run yet: the queue is full
     assert log.dropped == 1
     await log.flush()
     assert [r.decision_id for r in log.rows()] == ["a"]
@@ -220,23 +221,6 @@ def test_json_lines_carry_fields() -> None:
 
 def _raise(_decisions: list[Decision]) -> None:
     raise OSError("disk on fire")
-
-
-def _decision(decision_id: str) -> Decision:
-    return Decision(
-        decision_id=decision_id,
-        model="m",
-        moderator="keyword",
-        mode="inject",
-        action="allow",
-        outcome="ok",
-        status=200,
-        flagged=False,
-        turns=1,
-        images=0,
-        stream=False,
-        total_ms=1.0,
-    )
 
 
 async def _wait_for_rows(log: DecisionLog, n: int) -> list:

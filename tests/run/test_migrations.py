@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from safeturn.errors import StoreError
-from safeturn.guard.decisions import Decision, DecisionLog
+from safeturn.guard.decisions import DecisionLog
 from safeturn.report.terminal import summary_dict
 from safeturn.run.database import database_engine, database_url
 from safeturn.run.engine import EvalSettings, start_run
@@ -32,6 +32,7 @@ from safeturn.run.store import RunStore
 from safeturn.run.tables import Base, DecisionRow, RunRow
 from safeturn.schema import Dialogue, Message, Reply, Sample, Verdict
 from tests.databases import Database
+from tests.guard._decisions import decision
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -175,7 +176,7 @@ def test_an_unversioned_current_database_is_adopted_with_its_rows(database: Data
 async def test_a_decision_log_only_database_is_adopted(database: Database) -> None:
     _create_all(database.target, "guard_decisions")
     log = DecisionLog(database.target)
-    log.write([_decision("d1")])
+    log.write([decision("d1")])
     await log.aclose()
     store = RunStore(database.target)
     run_id = start_run(store, [_sample("s")], EvalSettings(model="m"))
@@ -183,23 +184,6 @@ async def test_a_decision_log_only_database_is_adopted(database: Database) -> No
     assert _revision(database) == [(SCHEMA_REVISION,)]
     rows = DecisionLog(database.target).rows()
     assert [r.decision_id for r in rows] == ["d1"] and run_id
-
-
-def _decision(decision_id: str) -> Decision:
-    return Decision(
-        decision_id=decision_id,
-        model="m",
-        moderator="rules",
-        mode="block",
-        action="allow",
-        outcome="ok",
-        status=200,
-        flagged=False,
-        turns=1,
-        images=0,
-        stream=False,
-        total_ms=1.0,
-    )
 
 
 @pytest.mark.parametrize("worker_tables", [False, True], ids=["pre-workers", "69f09f0"])
