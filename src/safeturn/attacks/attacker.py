@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from safeturn.attacks.base import BuildContext
+from safeturn.errors import SafeturnError
 from safeturn.jsonparse import json_candidates, no_json_reason
 from safeturn.judges import detect_refusal
 from safeturn.schema import Dialogue, ImagePart, Message
@@ -122,7 +123,7 @@ def _first_valid(text: str, validate: Callable[[Any], T]) -> T:
     raise ValueError(no_json_reason(text))
 
 
-class AttackerRefusal(ValueError):
+class AttackerRefusal(SafeturnError, ValueError):
     """Raised by validators when the attacker wrote a refusal in place of a turn."""
 
 
