@@ -224,3 +224,12 @@ def test_a_run_of_a_model_object_records_its_name_without_a_member(tmp_path: Pat
     assert records[0]["kind"] == "backend"
     assert (records[0]["name"], records[0]["spec"]) == (None, "comply")
     assert records[1]["name"] == "refusal"
+
+
+def test_names_member_reads_the_head_as_split_does() -> None:
+    reg = _registry()
+    assert reg.names_member("wrap:openai:http://h/v1#m")
+    assert reg.names_member(" wrap[a,b]:x")
+    assert reg.names_member("plain")
+    assert not reg.names_member("runs/guard/model.npz")
+    assert not reg.names_member("nope:wrap")

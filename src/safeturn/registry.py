@@ -192,14 +192,9 @@ class Registry(Generic[T]):
         the `guard` member and `[refuse]:a+b`.
         """
         spec = spec.strip()
-        head, sep, rest = spec.partition(":")
-        bracket = ""
-        if "[" in head:
-            head, _, inside = head.partition("[")
-            bracket = f"[{inside}{sep}"
-            rest = bracket + rest
+        head, rest = _head(spec)
         entry = self.get(head)
-        if entry.argument is None and (sep or bracket):
+        if entry.argument is None and spec != head:
             raise self.error(f"{self.kind} {entry.name!r} takes no argument; got {spec!r}")
         if entry.argument_required and not rest:
             raise self.error(
@@ -207,6 +202,15 @@ class Registry(Generic[T]):
                 f"e.g. {entry.example}"
             )
         return entry, rest
+
+    def names_member(self, spec: str) -> bool:
+        """Whether a spec starts with a registered name (read as `split` reads it).
+
+        For callers that treat other specs their own way: a bare moderator path, or an error
+        message that names the whole spec.
+        """
+        self._load()
+        return self.normalize(_head(spec.strip())[0].strip()) in self._entries
 
     def create(self, spec: str, **options: Any) -> T:
         """Build the member a spec names; `options` go to its factory.
@@ -267,6 +271,15 @@ class Registry(Generic[T]):
                 f"failed to load: {exc}; fix or uninstall the package that declares it"
             ) from exc
         logger.debug("loaded %s plugin %s from %s", self.kind, point.name, point.value)
+
+
+def _head(spec: str) -> tuple[str, str]:
+    """`NAME[:ARG]` → (NAME, ARG); `NAME[OPTS]:ARG` → (NAME, `[OPTS]:ARG`)."""
+    head, sep, rest = spec.partition(":")
+    if "[" in head:
+        head, _, inside = head.partition("[")
+        rest = f"[{inside}{sep}{rest}"
+    return head, rest
 
 
 def modules_in(package: str) -> tuple[str, ...]:

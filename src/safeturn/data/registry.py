@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from safeturn.data.base import DataSpecError, LoadedSet
-from safeturn.registry import Registry, modules_in
+from safeturn.registry import Entry, Registry, modules_in
 
 DATASETS: Registry[LoadedSet] = Registry(
     "dataset", builtins=modules_in("safeturn.data"), error=DataSpecError, normalize=str.lower
@@ -51,8 +51,13 @@ def __getattr__(name: str) -> tuple[SourceInfo, ...]:
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
     """Split `SOURCE:PATH[#variant]` into its three parts (no file access)."""
-    prefix, sep, _ = spec.partition(":")
-    if not sep or DATASETS.normalize(prefix.strip()) not in DATASETS:
+    entry, rest, variant = _split(spec)
+    return entry.name, rest, variant
+
+
+def _split(spec: str) -> tuple[Entry[LoadedSet], str, str | None]:
+    """The source a spec names, its path and its variant; an unknown source lists them all."""
+    if ":" not in spec or not DATASETS.names_member(spec):
         known = ", ".join(sorted(DATASETS.names()))
         raise DataSpecError(
             f"unknown data spec {spec!r}: expected SOURCE:PATH with SOURCE in {known}"
@@ -61,7 +66,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     variant: str | None = None
     if entry.metadata.get("variants") and "#" in rest:
         rest, _, variant = rest.rpartition("#")
-    return entry.name, rest, variant
+    return entry, rest, variant
 
 
 def load_dataset(
@@ -84,8 +89,7 @@ def load_dataset(
         SchemaError: The file does not have the source's layout.
         ImageError: An image path leaves the data root.
     """
-    prefix, rest, variant = parse_spec(spec)
-    entry = DATASETS.get(prefix)
+    entry, rest, variant = _split(spec)
     options: dict[str, Any] = {"text_only": text_only, "limit": limit, "root": root}
     if variant is not None:
         options["variant"] = variant

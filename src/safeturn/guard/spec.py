@@ -89,8 +89,7 @@ def _parts(spec: str) -> _Parts:
             f"moderator spec {spec!r}: expected `embedded` or a model .npz path before the "
             "LLM stage, e.g. embedded+llm=openai:http://host:8000/v1#model"
         )
-    name = base.partition(":")[0].partition("[")[0]
-    if MODERATORS.normalize(name) not in MODERATORS:
+    if not MODERATORS.names_member(base):
         base = f"file:{base}"  # a bare path, as every spec before the registry wrote it
     entry, argument = MODERATORS.split(base)
     return _Parts(entry, argument, llm_spec, mode)

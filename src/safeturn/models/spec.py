@@ -84,8 +84,7 @@ def check_model_spec(spec: str) -> None:
 
 def _split(spec: str) -> tuple[Entry[ChatModel], str]:
     """The backend a spec names and its argument; an unknown prefix names the whole spec."""
-    name = spec.strip().partition(":")[0].partition("[")[0]
-    if BACKENDS.normalize(name) not in BACKENDS:
+    if not BACKENDS.names_member(spec):
         raise ModelSpecError(
             f"unknown model spec {redact_url_credentials(spec)!r}: the prefix must be one of "
             f"{', '.join(sorted(BACKENDS.names()))}"
