@@ -23,7 +23,6 @@ hh-rlhf its pairwise agreement.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import re
@@ -55,6 +54,7 @@ from safeturn.judges.judge_thresholds import (
     metrics,
 )
 from safeturn.judges.reply_data import SOURCE_NOTES, ReplyExample, load_reply_examples
+from safeturn.judges.request_pool import behaviour_requests
 from safeturn.metrics.roc import auroc
 
 __all__ = [  # the trainer's public names, some defined in judge_fit / judge_thresholds
@@ -80,9 +80,6 @@ OVERLAP_CHECKED = frozenset({"behaviours"})
 """Families of bare requests: in a fold, any whose request is also one of the held-out
 family's requests (JailbreakBench reuses HarmBench and AdvBench behaviours) is dropped."""
 
-VLGUARD_BENIGN_REQUESTS = 300
-_REFUSING = re.compile(r"\b(?:cannot|can't|not able|unable|I will not|won't)\b|\brisk\b", re.I)
-
 Floats = npt.NDArray[np.float64]
 
 
@@ -90,48 +87,6 @@ def split_of(group: str, seed: int) -> str:
     """Train / validation / test for a group, 70/15/15, stable under adding other groups."""
     unit = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "train" if unit < 0.7 else "validation" if unit < 0.85 else "test"
-
-
-def behaviour_requests(root: Path) -> list[tuple[str, str, str, bool]]:
-    """(source, group, request, harmful) for stepwise answers and refusals with no reply.
-
-    Harmful: HarmBench and AdvBench behaviours (family `behaviours`). Benign: XSTest's safe
-    prompts (family `xstest`), single-turn VLGuard instructions that were answered (family
-    `vlguard`) and FigStep-Benign's instructions (family `figstep`, not a fold), so that a
-    stepwise answer is not itself a sign of the unsafe class.
-    """
-    out: list[tuple[str, str, str, bool]] = []
-    files = (
-        ("harmbench/harmbench_behaviors_text_all.csv", "Behavior", "behaviours"),
-        ("harmbench/advbench_behaviors.csv", "Behavior", "behaviours"),
-    )
-    for name, column, family in files:
-        path = root / name
-        if path.is_file():
-            with path.open(encoding="utf-8", newline="") as fh:
-                for i, row in enumerate(csv.DictReader(fh)):
-                    if text := (row.get(column) or "").strip():
-                        out.append((family, f"{family}:{name}:{i}", text, True))
-    xstest = root / "xstest" / "xstest_prompts.csv"
-    if xstest.is_file():
-        with xstest.open(encoding="utf-8", newline="") as fh:
-            for row in csv.DictReader(fh):
-                if row["label"] == "safe":
-                    out.append(("xstest", f"xstest:{row['id']}", row["prompt"], False))
-    vlguard = [
-        ex
-        for ex in load_reply_examples(root, sources=("vlguard",))
-        if len(ex.users) == 1 and not _REFUSING.search(ex.reply)
-    ]
-    for ex in vlguard[:VLGUARD_BENIGN_REQUESTS]:
-        out.append(("vlguard", ex.group, ex.users[0], False))
-    benign = root / "figstep-benign" / "SafeBench-Tiny-Benign.csv"
-    if benign.is_file():
-        with benign.open(encoding="utf-8", newline="") as fh:
-            for i, row in enumerate(csv.DictReader(fh)):
-                if text := (row.get("benign_instruction") or "").strip():
-                    out.append(("figstep", f"figstep:{i}", text, False))
-    return out
 
 
 def build_examples(root: Path, config: JudgeTrainConfig) -> list[ReplyExample]:
