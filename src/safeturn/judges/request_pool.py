@@ -37,7 +37,8 @@ HH_RLHF_REQUESTS = 1200
 """Opening requests taken from hh-rlhf, first in file order."""
 _REFUSING = re.compile(r"\b(?:cannot|can't|not able|unable|I will not|won't)\b|\brisk\b", re.I)
 _MIN_REQUEST_WORDS = 4
-"""Shorter hh-rlhf openers ("hi", "list all dirty word") rarely say what they want."""
+"""Shorter hh-rlhf openers ("Hey", "what's up", "Is Nexflix free?"; 26 of 2,312) rarely say
+what they want."""
 
 
 def behaviour_requests(root: Path) -> list[Request]:
