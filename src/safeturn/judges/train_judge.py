@@ -1,17 +1,17 @@
 """Train the fine-tuned reply judge and measure it leave-one-source-out.
 
 Data: every labelled reply of `reply_data` plus the `hard_cases` derived from them, and
-stepwise answers / refusals written for HarmBench and AdvBench behaviours (family
-`behaviours`) and for benign requests. Each source family is cut by `group` 70/15/15 into
-train, validation and test.
+stepwise answers / refusals written for the bare requests of `request_pool` (harmful ones from
+HarmBench, AdvBench, SafeBench, MM-SafetyBench and hh-rlhf; benign ones; look-alike pairs).
+Each source family is cut by `group` 70/15/15 into train, validation and test.
 
 Training (`judge_fit`): binary cross-entropy on labelled replies, each class given equal total
 weight and each (source, kind) within a class a weight ∝ √size (a big source cannot drown a
 small one), plus a pairwise logistic loss on hh-rlhf preference pairs (the less harmless reply
 should score higher). The threshold (`judge_thresholds`) is the lowest that calls at most 5 %
-of each source's own safe validation replies unsafe (`benign-sources`, as the guard
+of each source's safe validation requests unsafe (`benign-sources`, as the guard
 calibrates): a pooled κ maximum (`max-kappa`, kept for comparison; every fold reports both) is
-set by the sources with the most unsafe replies and called 21 % of XSTest's safe replies unsafe
+set by the sources with the most unsafe replies and called 17–21 % of XSTest's safe replies unsafe
 when XSTest was left out.
 
 Leave-one-source-out: for each family, train without it (and without anything derived from
