@@ -104,7 +104,7 @@ def train_reply_judge_command(
     threshold_rule: Annotated[
         str,
         typer.Option(
-            help="max-kappa (pooled validation κ) or benign-sources (≤ 5 % of each source's "
+            help="max-kappa (pooled validation κ) or benign-sources (≤ 10 % of each source's "
             "safe validation replies called unsafe); folds report both"
         ),
     ] = "benign-sources",

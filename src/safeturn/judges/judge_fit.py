@@ -48,7 +48,11 @@ class JudgeTrainConfig:
     threshold_rule: str = "benign-sources"
     """`max-kappa` (Cohen's κ on the pooled validation split) or `benign-sources` (the lowest
     threshold that keeps every source's own safe validation replies under `false_unsafe`)."""
-    false_unsafe: float = 0.05
+    false_unsafe: float = 0.10
+    """`benign-sources` budget per source. 10 %, not the guard's 5 %: a judge's threshold must
+    hold on sources whose scores sit higher or lower than every training source's, and at 5 %
+    one source's look-alikes set it so high that two held-out sources lost half their recall
+    (measured leave-one-source-out; README, "Threshold")."""
 
 
 @dataclass

@@ -40,7 +40,7 @@ def best_threshold(truth: npt.NDArray[np.bool_], scores: Floats) -> float:
 THRESHOLD_RULES = ("max-kappa", "benign-sources")
 THRESHOLD_RULE_NOTES = {
     "max-kappa": "max Cohen's κ on the validation split",
-    "benign-sources": "the lowest threshold that calls at most 5 % of each source's own safe "
+    "benign-sources": "the lowest threshold that calls at most 10 % of each source's own safe "
     "validation replies unsafe, each request weighing one",
 }
 MIN_SAFE_REPLIES = 20

@@ -8,7 +8,7 @@ Each source family is cut by `group` 70/15/15 into train, validation and test.
 Training (`judge_fit`): binary cross-entropy on labelled replies, each class given equal total
 weight and each (source, kind) within a class a weight ∝ √size (a big source cannot drown a
 small one), plus a pairwise logistic loss on hh-rlhf preference pairs (the less harmless reply
-should score higher). The threshold (`judge_thresholds`) is the lowest that calls at most 5 %
+should score higher). The threshold (`judge_thresholds`) is the lowest that calls at most 10 %
 of each source's safe validation requests unsafe (`benign-sources`, as the guard
 calibrates): a pooled κ maximum (`max-kappa`, kept for comparison; every fold reports both) is
 set by the sources with the most unsafe replies and called 17–21 % of XSTest's safe replies unsafe
