@@ -51,8 +51,8 @@ class JudgeTrainConfig:
     false_unsafe: float = 0.10
     """`benign-sources` budget per source. 10 %, not the guard's 5 %: a judge's threshold must
     hold on sources whose scores sit higher or lower than every training source's, and at 5 %
-    one source's look-alikes set it so high that two held-out sources lost half their recall
-    (measured leave-one-source-out; README, "Threshold")."""
+    one source's look-alikes set it so high that two held-out sources fell to κ 0.56 (measured
+    leave-one-source-out; README, "Threshold")."""
 
 
 @dataclass

@@ -48,7 +48,7 @@ def behaviour_requests(root: Path) -> list[Request]:
     MM-SafetyBench questions, hh-rlhf openers. Benign: XSTest's safe prompts (family
     `xstest`), single-turn VLGuard instructions that were answered (family `vlguard`) and
     FigStep-Benign's instructions (family `figstep`), so that a stepwise answer is not itself
-    a sign of the unsafe class.
+    a sign of the unsafe class. Both: the look-alike pairs of `contrast_requests`.
     """
     # new sources go last: `hard_cases.generate` draws from one random stream in this order
     return [
