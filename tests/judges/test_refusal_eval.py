@@ -109,3 +109,5 @@ def test_judge_commands_report_errors_through_the_group(tmp_path: Path) -> None:
     args = ["judge", "train", "--threshold-rule", "nope"]
     bad = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "must be one of max-kappa, benign-sources" in bad.stderr
+    over = CliRunner().invoke(app, ["judge", "train", "--false-unsafe", "1.5"])
+    assert over.exit_code == 2 and "--false-unsafe" in over.stderr

@@ -104,10 +104,19 @@ def train_reply_judge_command(
     threshold_rule: Annotated[
         str,
         typer.Option(
-            help="max-kappa (pooled validation κ) or benign-sources (≤ 10 % of each source's "
-            "safe validation replies called unsafe); folds report both"
+            help="max-kappa (pooled validation κ) or benign-sources (≤ --false-unsafe of each "
+            "source's safe validation replies called unsafe); folds report both"
         ),
     ] = "benign-sources",
+    false_unsafe: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="benign-sources: share of each source's safe validation requests that may be "
+            "called unsafe",
+        ),
+    ] = 0.10,
 ) -> None:
     """Train the `classifier-v2` judge and report it leave-one-source-out (~30 min, 2 cores)."""
     from safeturn.judges.cross_encoder import DEFAULT_WEIGHTS
@@ -121,7 +130,11 @@ def train_reply_judge_command(
         )
     families = tuple(f.strip() for f in loso.split(",") if f.strip())
     config = JudgeTrainConfig(
-        epochs=epochs, tuned_layers=tuned_layers, seed=seed, threshold_rule=threshold_rule
+        epochs=epochs,
+        tuned_layers=tuned_layers,
+        seed=seed,
+        threshold_rule=threshold_rule,
+        false_unsafe=false_unsafe,
     )
     target = out if out is not None else DEFAULT_WEIGHTS
     card_path = card if card is not None else DEFAULT_CARD
