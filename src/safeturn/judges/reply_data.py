@@ -146,7 +146,18 @@ def _xstest(path: Path) -> Iterator[ReplyExample]:
                 )
 
 
-def _hh_rlhf(path: Path) -> Iterator[ReplyExample]:
+Turns = list[tuple[str, str]]
+
+
+def hh_rlhf_conversations(path: Path) -> Iterator[tuple[str, Turns, Turns]]:
+    """(group, chosen turns, rejected turns) of every line of hh-rlhf harmless-base.
+
+    The group (`hh-rlhf:<line>`) is the split unit of the conversation's preference pair and
+    of anything else drawn from the same conversation (`request_pool`).
+
+    Raises:
+        SchemaError: A line is not a pair of transcripts (the message names the line).
+    """
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             try:
@@ -155,18 +166,22 @@ def _hh_rlhf(path: Path) -> Iterator[ReplyExample]:
                 rejected = parse_hh_turns(record["rejected"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise SchemaError(f"{path} line {number}: {exc}") from exc
-            if not chosen or not rejected or chosen[-1][0] != "assistant":
-                continue
-            if rejected[-1][0] != "assistant" or chosen[-1][1] == rejected[-1][1]:
-                continue
-            users = tuple(text for role, text in chosen[:-1] if role == "user")
-            if not users or not chosen[-1][1] or not rejected[-1][1]:
-                continue
-            pair = f"hh-rlhf:{number}"
-            for rank, reply in ((0, chosen[-1][1]), (1, rejected[-1][1])):
-                yield ReplyExample(
-                    "hh-rlhf", pair, users, reply, None, pair=pair, rank=rank, harmful_request=True
-                )
+            yield f"hh-rlhf:{number}", chosen, rejected
+
+
+def _hh_rlhf(path: Path) -> Iterator[ReplyExample]:
+    for pair, chosen, rejected in hh_rlhf_conversations(path):
+        if not chosen or not rejected or chosen[-1][0] != "assistant":
+            continue
+        if rejected[-1][0] != "assistant" or chosen[-1][1] == rejected[-1][1]:
+            continue
+        users = tuple(text for role, text in chosen[:-1] if role == "user")
+        if not users or not chosen[-1][1] or not rejected[-1][1]:
+            continue
+        for rank, reply in ((0, chosen[-1][1]), (1, rejected[-1][1])):
+            yield ReplyExample(
+                "hh-rlhf", pair, users, reply, None, pair=pair, rank=rank, harmful_request=True
+            )
 
 
 def _mtbench101(path: Path) -> Iterator[ReplyExample]:

@@ -17,17 +17,14 @@ with the hh-rlhf fold); FigStep and MM-SafetyBench are not folds (they have no r
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from safeturn.data.base import read_json
-from safeturn.data.dialogsets import parse_hh_turns
 from safeturn.errors import SchemaError
 from safeturn.judges.contrast_requests import Request, contrast_requests
-from safeturn.judges.reply_data import load_reply_examples
+from safeturn.judges.reply_data import hh_rlhf_conversations, load_reply_examples
 
 VLGUARD_BENIGN_REQUESTS = 300
 SAFEBENCH_HARMFUL_CATEGORIES = frozenset(range(1, 8))
@@ -71,6 +68,13 @@ def behaviour_requests(root: Path) -> list[Request]:
     ]
 
 
+def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV file with a header; none when the file is missing."""
+    if path.is_file():
+        with path.open(encoding="utf-8", newline="") as fh:
+            yield from csv.DictReader(fh)
+
+
 def _csv_column(
     root: Path,
     name: str,
@@ -80,25 +84,18 @@ def _csv_column(
     harmful: bool = True,
     group_prefix: str = "",
 ) -> Iterator[Request]:
-    path = root / name
-    if not path.is_file():
-        return
     prefix = group_prefix or f"{family}:{name}"
-    with path.open(encoding="utf-8", newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh)):
-            if text := (row.get(column) or "").strip():
-                yield (family, f"{prefix}:{i}", text, harmful)
+    for i, row in enumerate(_csv_rows(root / name)):
+        if text := (row.get(column) or "").strip():
+            yield (family, f"{prefix}:{i}", text, harmful)
 
 
 def _safebench(path: Path) -> Iterator[Request]:
-    if not path.is_file():
-        return
-    with path.open(encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            text = (row.get("question") or "").strip()
-            if text and int(row["category_id"]) in SAFEBENCH_HARMFUL_CATEGORIES:
-                group = f"figstep-safebench:{row['category_id']}:{row['task_id']}"
-                yield ("figstep", group, text, True)
+    for row in _csv_rows(path):
+        text = (row.get("question") or "").strip()
+        if text and int(row["category_id"]) in SAFEBENCH_HARMFUL_CATEGORIES:
+            group = f"figstep-safebench:{row['category_id']}:{row['task_id']}"
+            yield ("figstep", group, text, True)
 
 
 def _mm_safetybench(folder: Path) -> Iterator[Request]:
@@ -116,29 +113,21 @@ def _hh_rlhf_openers(path: Path) -> Iterator[Request]:
     if not path.is_file():
         return
     taken = 0
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            try:
-                turns = parse_hh_turns(json.loads(line)["chosen"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise SchemaError(f"{path} line {number}: {exc}") from exc
-            opener = turns[0][1] if turns and turns[0][0] == "user" else ""
-            if len(opener.split()) < _MIN_REQUEST_WORDS:
-                continue
-            # the reply reader's pair group, so a request and its conversation split together
-            yield ("hh-rlhf", f"hh-rlhf:{number}", opener, True)
-            taken += 1
-            if taken >= HH_RLHF_REQUESTS:
-                return
+    for group, turns, _ in hh_rlhf_conversations(path):
+        opener = turns[0][1] if turns and turns[0][0] == "user" else ""
+        if len(opener.split()) < _MIN_REQUEST_WORDS:
+            continue
+        # the reply reader's pair group, so a request and its conversation split together
+        yield ("hh-rlhf", group, opener, True)
+        taken += 1
+        if taken >= HH_RLHF_REQUESTS:
+            return
 
 
 def _xstest_safe(path: Path) -> Iterator[Request]:
-    if not path.is_file():
-        return
-    with path.open(encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["label"] == "safe":
-                yield ("xstest", f"xstest:{row['id']}", row["prompt"], False)
+    for row in _csv_rows(path):
+        if row["label"] == "safe":
+            yield ("xstest", f"xstest:{row['id']}", row["prompt"], False)
 
 
 def _vlguard_answered(root: Path) -> Iterator[Request]:
