@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import safeturn.errors
@@ -69,3 +71,17 @@ def test_old_import_paths_still_work_and_keep_their_builtin_bases() -> None:
     assert issubclass(BatcherClosedError, RuntimeError)
     assert issubclass(RegistryError, ValueError)
     assert WireError is safeturn.errors.WireError
+
+
+def test_a_reader_that_goes_away_is_not_reported_as_an_error(shared_data: Path) -> None:
+    """`safeturn data show … | head -1`: the closed pipe ends the command quietly."""
+    prompts = shared_data / "xstest" / "xstest_prompts.csv"
+    command = [sys.executable, "-c", "from safeturn.cli import app; app()"]
+    command += ["data", "show", f"xstest:{prompts}", "-n", "450"]  # ~90 KB, over a pipe's buffer
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline()
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert "error" not in errors.lower() and "Traceback" not in errors, errors

@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,15 @@ def report_error(exc: BaseException, *, verbose: bool = False) -> None:
     Console(stderr=True).print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's capture)
+        pass
+
+
 def _verbose(ctx: _click.Context) -> bool:
     """Whether the root command got `--verbose` (a sub-group run alone has no such option)."""
     return bool(ctx.find_root().params.get("verbose", False))
@@ -52,6 +62,11 @@ class ErrorReportingGroup(TyperGroup):
         """Run the sub-command; a user error is reported and becomes exit code 1."""
         try:
             return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            # the reader went away (`safeturn data show … | head`): nothing to report, and
+            # stdout must not be flushed again at exit, which would raise once more
+            _silence_stdout()
+            raise typer.Exit(code=1) from exc
         except USER_ERRORS as exc:
             report_error(exc, verbose=_verbose(ctx))
             raise typer.Exit(code=1) from exc
