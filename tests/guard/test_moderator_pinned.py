@@ -1,7 +1,8 @@
 """The shipped moderator scores three real dialogues exactly as it did when they were pinned.
 
 A refactor of the reader, the features or the model must not move a score: these numbers
-were computed with the code before the guard modules were split (issue 15), on CPU.
+were computed on CPU with the model retrained for issue 13 (advice questions out, MM-SafetyBench
+and the look-alike pairs in); a retrain re-pins them.
 """
 
 from __future__ import annotations
@@ -28,17 +29,17 @@ PINNED = [
         "hh-rlhf:hh-rlhf-harmless/harmless-base-test.jsonl.gz",
         2,
         "hh-rlhf-3",
-        [0.9460549064709487, 0.9517336136886406],
-        False,
-        None,
+        [0.9456037224795872, 0.9546306949795778],
+        True,
+        Category.ILLEGAL_ACTIVITY,
         "none",
-        None,
+        2,
     ),
     (
         "mtbench101:mtbench101/mtbench101_train_tasks.jsonl",
         0,
         "mtbench101-IC-72",
-        [0.017632602670866235, 0.39891564920007205, 0.39891564920007205],
+        [0.036030727425860824, 0.2970238289629277, 0.2970238289629277],
         False,
         None,
         "none",
@@ -48,9 +49,9 @@ PINNED = [
         "figstep:figstep",
         0,
         "figstep-1-1",
-        [0.9958589292180859],
+        [0.9960280942095129],
         True,
-        Category.ILLEGAL_ACTIVITY,
+        Category.WEAPONS_CBRN,
         "typography",
         1,
     ),

@@ -11,6 +11,8 @@ import pytest
 
 from safeturn.attacks import BuildContext, Seed, get_strategy
 from safeturn.guard.dataset import (
+    ADVICE_CATEGORIES,
+    CONTRAST_SOURCE,
     SPLITS,
     SeedPlan,
     build_examples,
@@ -71,6 +73,31 @@ def test_seed_pool_from_real_data(shared_data: Path) -> None:
     assert all(i.seed.image is not None for i in items if i.source.startswith("figstep"))
     questions = [i.seed.question.lower() for i in items]
     assert len(questions) == len(set(questions))
+
+
+def test_advice_questions_are_not_harmful_seeds_and_pairs_split_together(
+    shared_data: Path,
+) -> None:
+    caps = {"figstep": 500, "mmsafetybench": 97, CONTRAST_SOURCE: 107, "figstep-benign": 50}
+    items = load_seed_pool(shared_data, SeedPlan(caps=caps))
+    figstep = [i for i in items if i.source == "figstep"]
+    # SafeBench's ten categories hold 50 questions each; the three advice ones are left out
+    assert len(figstep) == 350
+    assert not {i.category for i in figstep} & ADVICE_CATEGORIES
+    assert Category.SEXUAL_CONTENT in {i.category for i in figstep}
+    # a benign twin whose harmful half was advice keeps no FigStep prompt of its own
+    twins = [i for i in items if i.source == "figstep-benign"]
+    assert len(twins) == 50 and sum(i.own_sample is not None for i in twins) == 35
+    mm = [i for i in items if i.source == "mmsafetybench"]
+    assert len(mm) == 97 and all(i.harmful for i in mm)
+    contrast = [i for i in items if i.source == CONTRAST_SOURCE]
+    sides = Counter(i.harmful for i in contrast)
+    assert sides[True] > 40 and sides[False] > 40
+    halves: dict[str, set[bool]] = {}
+    for item in contrast:
+        halves.setdefault(item.group, set()).add(item.harmful)
+    assert sum(h == {True, False} for h in halves.values()) >= 20  # a verb's two sides share one
+    assert len({split_of(group, 0) for group in halves}) == 3
 
 
 def test_examples_split_by_seed_group_and_built_alike(shared_data: Path) -> None:
@@ -209,3 +236,11 @@ def test_threshold_keeps_every_benign_source_under_the_budget() -> None:
     assert np.mean(loud >= threshold) <= 0.05 and np.mean(quiet >= threshold) <= 0.05
     pooled = float(np.quantile(final[~harmful], 0.95))
     assert np.mean(loud >= pooled) > 0.05
+    # the look-alike pairs written here are trained on but never set the threshold
+    with_pairs = source_thresholds(
+        np.concatenate([final, [0.99] * 20]),
+        np.concatenate([harmful, [False] * 20]),
+        [*sources, *[CONTRAST_SOURCE] * 20],
+        0.05,
+    )
+    assert with_pairs == per_source

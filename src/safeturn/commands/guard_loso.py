@@ -31,7 +31,7 @@ def loso_command(
         list[str] | None,
         typer.Option(
             help="fold(s) to run (default: all): figstep, xstest, vlguard, behaviours, "
-            "hh-rlhf, mtbench101"
+            "hh-rlhf, mtbench101, mmsafetybench"
         ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,

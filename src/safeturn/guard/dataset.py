@@ -1,9 +1,11 @@
 """The moderator's training data: harmful and benign seeds, built into dialogues the same way.
 
-Harmful seeds (FigStep SafeBench, HarmBench, AdvBench, JailbreakBench behaviours, XSTest unsafe
-prompts, VLGuard unsafe instructions) and benign seeds (FigStep-Benign twins, XSTest safe
-prompts, VLGuard safe instructions) go through the *same* template builders with the same
-random plan, so a template never predicts the label: only the seed's content does.
+Harmful seeds (FigStep SafeBench without its advice categories, HarmBench, AdvBench,
+JailbreakBench behaviours, XSTest unsafe prompts, VLGuard unsafe instructions, MM-SafetyBench
+questions) and benign seeds (FigStep-Benign twins, XSTest safe prompts, VLGuard safe
+instructions), with the look-alike pairs of `CONTRAST_SOURCE` on both sides, go through the
+*same* template builders with the same random plan, so a template never predicts the label:
+only the seed's content does.
 
 - **Splits are by seed group**, never by dialogue: every dialogue of a seed, and of its twin
   (a FigStep pair, the two instructions of one VLGuard image), lands in one split.
@@ -38,6 +40,7 @@ from safeturn.attacks._script import subject
 from safeturn.data import load_dataset
 from safeturn.data.base import read_json
 from safeturn.errors import PrerequisiteError, SchemaError
+from safeturn.judges.contrast_requests import contrast_requests
 from safeturn.schema import Dialogue, Message, Sample
 from safeturn.taxonomy import Category, UnknownLabelError, canonical, guess_category
 
@@ -58,9 +61,26 @@ DEFAULT_CAPS: Mapping[str, int] = {
     "vlguard-safe": 900,
     "hh-rlhf": 2312,
     "mtbench101": 930,
+    "mmsafetybench": 97,
+    "contrast": 107,
 }
-"""Seeds drawn per source (harmful ≈ 1,650, benign ≈ 1,200), and whole dialogues of the two
-sources written by people (`NATURAL_SOURCES`); see `SeedPlan`."""
+"""Seeds drawn per source (harmful ≈ 1,650, benign ≈ 1,200), whole dialogues of the two
+sources written by people (`NATURAL_SOURCES`), and, drawn last so the earlier draws stay as
+they were, MM-SafetyBench's questions and the look-alike pairs of `CONTRAST_SOURCE`; see
+`SeedPlan`."""
+CONTRAST_SOURCE = "contrast"
+"""Minimal pairs written in this project (`judges.contrast_requests`): the same verb asked of a
+harmless and a harmful target ("kill a hung Docker container" / "kill my stepfather"). They are
+trained on in every fold, but no threshold is calibrated on them and no fold leaves them out:
+they are no one's traffic."""
+ADVICE_CATEGORIES = frozenset(
+    {Category.LEGAL_ADVICE, Category.FINANCIAL_ADVICE, Category.HEALTH_ADVICE}
+)
+"""FigStep's legal-opinion, financial-advice and health-consultation questions ("Methods to
+remedy high blood pressure.") ask for advice, not harm: the moderator's job is harmful intent,
+and as harmful examples they teach it to flag health and money questions (left out, the FigStep
+fold's AUROC rose from 0.748 to 0.840; those three categories alone scored 0.32–0.57 against
+benign). The judge's request pool leaves them out for the same reason."""
 NATURAL_SOURCES: Mapping[str, tuple[str, bool]] = {
     "hh-rlhf": ("hh-rlhf-harmless/harmless-base-test.jsonl.gz", True),
     "mtbench101": ("mtbench101/mtbench101_train_tasks.jsonl", False),
@@ -228,6 +248,8 @@ def load_seed_pool(root: Path, plan: SeedPlan) -> list[SeedItem]:
     found["advbench"] = _plain(root / "harmbench" / "advbench_behaviors.csv", "advbench")
     found["jailbreakbench"] = _jailbreakbench(root / "jailbreakbench")
     found.update(_vlguard(root / "vlguard-dream" / "train_llava_format.json"))
+    found["mmsafetybench"] = _mm_safetybench(root / "mmsafetybench")
+    found[CONTRAST_SOURCE] = _contrast()
     chosen: list[SeedItem] = []
     seen: set[str] = set()
     for source, cap in plan.caps.items():
@@ -258,7 +280,11 @@ def _figstep(root: Path) -> tuple[list[SeedItem], list[SeedItem]]:
     benign: list[SeedItem] = []
     if (root / "figstep" / "safebench.csv").is_file():
         loaded = load_dataset(f"figstep:{root / 'figstep' / 'safebench.csv'}")
-        harmful = [_item(s, "figstep", s.id, own=True) for s in loaded.samples]
+        harmful = [
+            _item(s, "figstep", s.id, own=True)
+            for s in loaded.samples
+            if s.category is None or Category(s.category) not in ADVICE_CATEGORIES
+        ]
     if (root / "figstep-benign").is_dir():
         loaded = load_dataset(f"figstep-benign:{root / 'figstep-benign'}")
         benign = [
@@ -283,6 +309,32 @@ def _plain(path: Path, source: str) -> list[SeedItem]:
     if not path.is_file():
         return []
     return [_item(s, source, s.id) for s in load_dataset(f"{source}:{path}").samples]
+
+
+def _mm_safetybench(folder: Path) -> list[SeedItem]:
+    """MM-SafetyBench's plain questions (its images are not in the data)."""
+    if not folder.is_dir():
+        return []
+    loaded = load_dataset(f"mmsafetybench:{folder}#text", text_only=True)
+    return [_item(s, "mmsafetybench", s.id) for s in loaded.samples]
+
+
+def _contrast() -> list[SeedItem]:
+    """The look-alike pairs, grouped by verb (or setting) rather than by request.
+
+    A verb's harmless and harmful targets share one group, so they land in one split and
+    validation sees both sides of each contrast.
+    """
+    return [
+        SeedItem(
+            Seed(id=f"contrast-{n}", question=request, source=CONTRAST_SOURCE),
+            re.sub(r":(?:safe|harm)(?::\d+)?$", "", group),
+            CONTRAST_SOURCE,
+            harmful,
+            None,
+        )
+        for n, (_family, group, request, harmful) in enumerate(contrast_requests(), start=1)
+    ]
 
 
 def _item(sample: Sample, source: str, group: str, *, own: bool = False) -> SeedItem:

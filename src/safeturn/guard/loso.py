@@ -13,7 +13,9 @@ exactly as `guard train` does, and scores every dialogue of the removed family:
   training sources, and its FPR is read at the fold's threshold.
 
 HarmBench, AdvBench and JailbreakBench share many behaviours, so they form one family: leaving
-out one of them alone would test on near-copies of training data.
+out one of them alone would test on near-copies of training data. The look-alike pairs written
+here (`CONTRAST_SOURCE`) are trained on in every fold and are never a reference: they are no
+one's traffic.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.errors import ConfigError
-from safeturn.guard.dataset import GuardExample
+from safeturn.guard.dataset import CONTRAST_SOURCE, GuardExample
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import Progress
 from safeturn.guard.train import (
@@ -51,6 +53,7 @@ FAMILIES: Mapping[str, tuple[str, ...]] = {
     "behaviours": ("harmbench", "advbench", "jailbreakbench"),
     "hh-rlhf": ("hh-rlhf",),
     "mtbench101": ("mtbench101",),
+    "mmsafetybench": ("mmsafetybench",),
 }
 """Fold name → the `GuardExample.source` values it leaves out."""
 TARGET_AUROC = 0.90
@@ -131,6 +134,7 @@ def run_fold(prepared: Prepared, family: str, config: ModeratorTrainConfig) -> d
         config,
     )
     held_examples = [examples[i] for i in held]
+    index["test"] = [i for i in index["test"] if examples[i].source != CONTRAST_SOURCE]
     test_examples = [examples[i] for i in index["test"]]
     held_risk = dialogue_risks(model, take(prepared.rows, held), held_examples)
     test_risk = dialogue_risks(model, take(prepared.rows, index["test"]), test_examples)

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.guard.base import STRATEGY_NAMES
-from safeturn.guard.dataset import GuardExample
+from safeturn.guard.dataset import CONTRAST_SOURCE, GuardExample
 from safeturn.guard.features import SCALAR_NAMES, FloatArray
 from safeturn.guard.model import CHANNELS, POOLS, ModeratorModel
 from safeturn.guard.train_config import CATEGORIES, ModeratorTrainConfig
@@ -58,11 +58,16 @@ def source_thresholds(
     sources: Sequence[str],
     fpr: float,
 ) -> dict[str, float]:
-    """Per benign source, the lowest threshold flagging at most `fpr` of its dialogues."""
+    """Per benign source, the lowest threshold flagging at most `fpr` of its dialogues.
+
+    The look-alike pairs written here (`CONTRAST_SOURCE`) are not a source: they are trained
+    on to teach what the verb is done to, and a few dozen deliberately alarming benign
+    requests would set every threshold.
+    """
     names = np.asarray(sources)
     return {
         source: threshold_at_fpr(final[~harmful & (names == source)], fpr)
-        for source in sorted(set(names[~harmful].tolist()))
+        for source in sorted(set(names[~harmful].tolist()) - {CONTRAST_SOURCE})
     }
 
 
