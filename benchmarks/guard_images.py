@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import csv
 import io
 import json
 import re
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from safeturn.data import load_dataset
 from safeturn.guard.images import ImageAnalyzer, ImageSignals
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
@@ -100,17 +100,14 @@ def _moderator(kind: str, model: ModeratorModel) -> DialogueModerator:
 
 
 def _figstep(n: int) -> list[tuple[Path, str]]:
-    with (FIGSTEP / "safebench.csv").open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    found = []
-    for row in rows:
-        name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
-        path = FIGSTEP / "images" / "SafeBench" / name
-        if path.is_file():
-            found.append((path, row["instruction"]))
-        if len(found) == n:
-            return found
-    raise SystemExit(f"need {n} FigStep images under {FIGSTEP}, found {len(found)}")
+    """The first `n` SafeBench images with their instruction text (read by the FigStep loader)."""
+    samples = load_dataset(f"figstep:{FIGSTEP / 'safebench.csv'}", limit=n).samples
+    found = [
+        (Path(str(s.dialogue.images[0].path)), str(s.metadata["instruction"])) for s in samples
+    ]
+    if len(found) < n:
+        raise SystemExit(f"need {n} FigStep images under {FIGSTEP}, found {len(found)}")
+    return found
 
 
 def _dialogue(images: list[Path], case: int) -> Dialogue:

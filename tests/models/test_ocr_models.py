@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from safeturn.data import load_dataset
 from safeturn.models import ocr
 from safeturn.models.bridge import _ENGINE_OPTIONS, OcrBridge
 from safeturn.schema import ImagePart
@@ -31,20 +31,12 @@ def _build_script() -> ModuleType:
 
 
 def _figstep(n: int) -> list[tuple[Path, str]]:
-    """The first `n` SafeBench images with their instruction text."""
+    """The first `n` SafeBench images with their instruction text (read by the FigStep loader)."""
     table = DATA / "safebench.csv"
     if not table.is_file():
         pytest.skip(f"FigStep data not found under {DATA}")
-    found = []
-    with table.open(encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
-            path = DATA / "images" / "SafeBench" / name
-            if path.is_file():
-                found.append((path, row["instruction"]))
-            if len(found) == n:
-                return found
-    pytest.skip(f"fewer than {n} FigStep images under {DATA}")
+    samples = load_dataset(f"figstep:{table}", limit=n).samples
+    return [(Path(str(s.dialogue.images[0].path)), str(s.metadata["instruction"])) for s in samples]
 
 
 def test_shipped_models_are_what_the_script_builds(tmp_path: Path) -> None:
