@@ -40,7 +40,7 @@ from safeturn.attacks._script import subject
 from safeturn.data import load_dataset
 from safeturn.data.base import read_json
 from safeturn.errors import PrerequisiteError, SchemaError
-from safeturn.judges.contrast_requests import contrast_requests
+from safeturn.judges.contrast_requests import contrast_of, contrast_requests
 from safeturn.schema import Dialogue, Message, Sample
 from safeturn.taxonomy import Category, UnknownLabelError, canonical, guess_category
 
@@ -64,7 +64,7 @@ DEFAULT_CAPS: Mapping[str, int] = {
     "mmsafetybench": 97,
     "contrast": 107,
 }
-"""Seeds drawn per source (harmful ≈ 1,650, benign ≈ 1,200), whole dialogues of the two
+"""Seeds drawn per source (harmful ≈ 1,800, benign ≈ 1,250), whole dialogues of the two
 sources written by people (`NATURAL_SOURCES`), and, drawn last so the earlier draws stay as
 they were, MM-SafetyBench's questions and the look-alike pairs of `CONTRAST_SOURCE`; see
 `SeedPlan`."""
@@ -328,7 +328,7 @@ def _contrast() -> list[SeedItem]:
     return [
         SeedItem(
             Seed(id=f"contrast-{n}", question=request, source=CONTRAST_SOURCE),
-            re.sub(r":(?:safe|harm)(?::\d+)?$", "", group),
+            contrast_of(group),
             CONTRAST_SOURCE,
             harmful,
             None,

@@ -15,6 +15,7 @@ prompts): the vocabulary is this module's own, and no XSTest prompt is repeated.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 Request = tuple[str, str, str, bool]
@@ -149,3 +150,13 @@ def contrast_requests() -> Iterator[Request]:
         if harmful_where:
             request = ask.format(act=act, where=harmful_where)
             yield ("contrast", f"contrast:setting:{i}:harm", request, True)
+
+
+def contrast_of(group: str) -> str:
+    """The contrast a request's group belongs to: the verb, or the setting, shared by both sides.
+
+    Examples:
+        >>> contrast_of("contrast:kill:safe:0"), contrast_of("contrast:setting:3:harm")
+        ('contrast:kill', 'contrast:setting:3')
+    """
+    return re.sub(r":(?:safe|harm)(?::\d+)?$", "", group)
