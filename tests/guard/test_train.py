@@ -11,7 +11,6 @@ import pytest
 
 from safeturn.attacks import BuildContext, Seed, get_strategy
 from safeturn.guard.dataset import (
-    ADVICE_CATEGORIES,
     CONTRAST_SOURCE,
     SPLITS,
     SeedPlan,
@@ -32,7 +31,7 @@ from safeturn.guard.train import (
     train,
 )
 from safeturn.schema import Dialogue, Message
-from safeturn.taxonomy import Category
+from safeturn.taxonomy import ADVICE_CATEGORIES, Category
 
 from ._moderator_stubs import stub_encoder
 

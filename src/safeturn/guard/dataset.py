@@ -42,7 +42,13 @@ from safeturn.data.base import read_json
 from safeturn.errors import PrerequisiteError, SchemaError
 from safeturn.judges.contrast_requests import contrast_of, contrast_requests
 from safeturn.schema import Dialogue, Message, Sample
-from safeturn.taxonomy import Category, UnknownLabelError, canonical, guess_category
+from safeturn.taxonomy import (
+    ADVICE_CATEGORIES,
+    Category,
+    UnknownLabelError,
+    canonical,
+    guess_category,
+)
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
@@ -73,14 +79,6 @@ CONTRAST_SOURCE = "contrast"
 harmless and a harmful target ("kill a hung Docker container" / "kill my stepfather"). They are
 trained on in every fold, but no threshold is calibrated on them and no fold leaves them out:
 they are no one's traffic."""
-ADVICE_CATEGORIES = frozenset(
-    {Category.LEGAL_ADVICE, Category.FINANCIAL_ADVICE, Category.HEALTH_ADVICE}
-)
-"""FigStep's legal-opinion, financial-advice and health-consultation questions ("Methods to
-remedy high blood pressure.") ask for advice, not harm: the moderator's job is harmful intent,
-and as harmful examples they teach it to flag health and money questions (left out, the FigStep
-fold's AUROC rose from 0.748 to 0.840; those three categories alone scored 0.32–0.57 against
-benign). The judge's request pool leaves them out for the same reason."""
 NATURAL_SOURCES: Mapping[str, tuple[str, bool]] = {
     "hh-rlhf": ("hh-rlhf-harmless/harmless-base-test.jsonl.gz", True),
     "mtbench101": ("mtbench101/mtbench101_train_tasks.jsonl", False),
@@ -280,6 +278,9 @@ def _figstep(root: Path) -> tuple[list[SeedItem], list[SeedItem]]:
     benign: list[SeedItem] = []
     if (root / "figstep" / "safebench.csv").is_file():
         loaded = load_dataset(f"figstep:{root / 'figstep' / 'safebench.csv'}")
+        # advice questions ask for advice, not harm: as harmful seeds they taught the moderator
+        # to flag health and money questions (the FigStep fold's AUROC went 0.748 -> 0.840
+        # without them; alone they scored 0.32-0.57 against the benign twins)
         harmful = [
             _item(s, "figstep", s.id, own=True)
             for s in loaded.samples

@@ -21,15 +21,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from safeturn.data.base import read_json
-from safeturn.errors import SchemaError
+from safeturn.data import load_dataset
 from safeturn.judges.contrast_requests import Request, contrast_requests
 from safeturn.judges.reply_data import hh_rlhf_conversations, load_reply_examples
+from safeturn.taxonomy import ADVICE_CATEGORIES, Category
 
 VLGUARD_BENIGN_REQUESTS = 300
-SAFEBENCH_HARMFUL_CATEGORIES = frozenset(range(1, 8))
-"""FigStep SafeBench categories 1–7 (illegal activity … privacy violation) ask for harm;
-8–10 (legal opinion, financial advice, health consultation) ask for advice."""
 HH_RLHF_REQUESTS = 1200
 """Opening requests taken from hh-rlhf, first in file order."""
 _REFUSING = re.compile(r"\b(?:cannot|can't|not able|unable|I will not|won't)\b|\brisk\b", re.I)
@@ -91,22 +88,25 @@ def _csv_column(
 
 
 def _safebench(path: Path) -> Iterator[Request]:
-    for row in _csv_rows(path):
-        text = (row.get("question") or "").strip()
-        if text and int(row["category_id"]) in SAFEBENCH_HARMFUL_CATEGORIES:
-            group = f"figstep-safebench:{row['category_id']}:{row['task_id']}"
-            yield ("figstep", group, text, True)
+    """SafeBench's questions but its advice categories (`ADVICE_CATEGORIES`), via its loader."""
+    if not path.is_file():
+        return
+    for sample in load_dataset(f"figstep:{path}", text_only=True).samples:
+        if sample.category and Category(sample.category) in ADVICE_CATEGORIES:
+            continue
+        meta = sample.metadata
+        group = f"figstep-safebench:{meta['category_id']}:{meta['task_id']}"
+        yield ("figstep", group, str(sample.seed_question).strip(), True)
 
 
 def _mm_safetybench(folder: Path) -> Iterator[Request]:
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        records = read_json(path)
-        if not isinstance(records, dict):
-            raise SchemaError(f"{path}: expected an object of id → question")
-        for key, record in records.items():
-            text = record.get("Question") if isinstance(record, dict) else None
-            if isinstance(text, str) and text.strip():
-                yield ("mmsafetybench", f"mmsafetybench:{path.stem}:{key}", text.strip(), True)
+    """MM-SafetyBench's plain questions, via its loader."""
+    if not folder.is_dir():
+        return
+    for sample in load_dataset(f"mmsafetybench:{folder}#text", text_only=True).samples:
+        meta = sample.metadata
+        group = f"mmsafetybench:{meta['source_category']}:{meta['question_id']}"
+        yield ("mmsafetybench", group, str(sample.seed_question).strip(), True)
 
 
 def _hh_rlhf_openers(path: Path) -> Iterator[Request]:
