@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sqlalchemy import create_engine, inspect
 from safeturn.errors import StoreError
 from safeturn.guard.decisions import DecisionLog
 from safeturn.report.terminal import summary_dict
-from safeturn.run.database import database_engine, database_url
+from safeturn.run.database import database_engine, database_url, switch_to_wal
 from safeturn.run.engine import EvalSettings, start_run
 from safeturn.run.migrate import MIGRATIONS, REVISIONS, SCHEMA_REVISION, VERSION_TABLE
 from safeturn.run.results import load_results
@@ -257,3 +258,29 @@ def test_stores_opening_one_new_database_at_once_migrate_it_once(database: Datab
 def test_one_metadata_holds_the_run_and_decision_tables() -> None:
     assert RunRow.metadata is DecisionRow.metadata is Base.metadata
     assert {"runs", "model_calls", "verdicts", "guard_decisions"} <= set(Base.metadata.tables)
+
+
+class _RacingCursor:
+    """A cursor whose WAL switch is refused `refusals` times, as SQLite refuses the loser of
+    two connections upgrading their shared locks at once (no busy handler is called)."""
+
+    def __init__(self, refusals: int, message: str = "database is locked") -> None:
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def execute(self, sql: str) -> None:
+        assert sql == "PRAGMA journal_mode=WAL"
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise sqlite3.OperationalError(self.message)
+
+
+def test_the_wal_switch_is_retried_while_another_connection_makes_it() -> None:
+    cursor = _RacingCursor(refusals=3)
+    switch_to_wal(cursor)
+    assert cursor.calls == 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        switch_to_wal(_RacingCursor(refusals=10**6), timeout_s=0.05)  # bounded, not forever
+    other = _RacingCursor(refusals=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        switch_to_wal(other)
+    assert other.calls == 1  # only a lock is worth waiting for
