@@ -57,7 +57,13 @@ def test_reader_embeds_each_turn_with_its_antecedents() -> None:
 @pytest.fixture(scope="module")
 def report(shared_data: Path) -> dict:
     config = ModeratorTrainConfig(
-        data_root=shared_data, caps=CAPS, image_fraction=0.0, seed=3, max_epochs=6, patience=2
+        data_root=shared_data,
+        caps=CAPS,
+        image_fraction=0.0,
+        seed=3,
+        max_epochs=6,
+        patience=2,
+        harm_tuned_layers=0,
     )
     prepared = prepare(config, encoder=stub_encoder(), analyzer=ImageAnalyzer(nudity=no_nudity))
     return run_loso(config, ["hh-rlhf", "mtbench101", "xstest"], prepared=prepared)

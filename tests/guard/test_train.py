@@ -15,13 +15,16 @@ from safeturn.guard.dataset import (
     SPLITS,
     SeedPlan,
     build_examples,
+    load_examples,
     load_seed_pool,
     natural_examples,
     split_of,
     surfaced_turn,
 )
+from safeturn.guard.evaluate import evaluate_examples
 from safeturn.guard.images import ImageAnalyzer, no_nudity
-from safeturn.guard.model import ModeratorModel
+from safeturn.guard.model import ModeratorModel, harm_path
+from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.train import (
     ModeratorTrainConfig,
     Rows,
@@ -154,7 +157,7 @@ def test_training_end_to_end_on_text_seeds(shared_data: Path, tmp_path: Path) ->
     }
     out = tmp_path / "guard.npz"
     config = ModeratorTrainConfig(
-        data_root=shared_data, out=out, caps=caps, image_fraction=0.0, seed=7
+        data_root=shared_data, out=out, caps=caps, image_fraction=0.0, seed=7, harm_tuned_layers=0
     )
     model = train(config, encoder=stub_encoder(), analyzer=ImageAnalyzer(nudity=no_nudity))
     meta = model.metadata
@@ -186,6 +189,37 @@ def test_training_end_to_end_on_text_seeds(shared_data: Path, tmp_path: Path) ->
     assert loaded.categories == tuple(c.value for c in Category)
 
 
+@pytest.mark.slow
+def test_training_with_the_harm_reader_serves_what_it_measured(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    caps = {"xstest-unsafe": 40, "xstest-safe": 40, "harmbench": 20, "vlguard-safe": 30}
+    out = tmp_path / "guard.npz"
+    config = ModeratorTrainConfig(
+        data_root=shared_data,
+        out=out,
+        caps=caps,
+        image_fraction=0.0,
+        seed=5,
+        harm_tuned_layers=1,
+        max_epochs=8,
+    )
+    model = train(config, analyzer=ImageAnalyzer(nudity=no_nudity))
+    assert harm_path(out).is_file() and model.harm is not None
+    assert len(model.metadata["validation"]["harm_reader"]["validation_loss"]) == 1
+    assert "top 1 layers tuned as the harm reader" in model.metadata["model"]
+    # The test metrics were computed from the training caches, with the reader's logits put in
+    # them; a moderator on the saved files computes every vector anew and must agree.
+    loaded = ModeratorModel.load(out)
+    test = [e for e in load_examples(shared_data, config.plan()) if e.split == "test"]
+    served = evaluate_examples(
+        DialogueModerator(loaded, images=ImageAnalyzer(nudity=no_nudity)), test
+    )
+    measured = model.metadata["test"]["methods"]["moderator"]
+    assert served["methods"]["moderator"]["auroc"] == pytest.approx(measured["auroc"], abs=0.01)
+    assert measured["auroc"] > 0.6
+
+
 def test_natural_dialogues_are_split_by_group_and_label_only_their_whole(
     shared_data: Path,
 ) -> None:
@@ -215,11 +249,13 @@ def test_take_renumbers_rows_to_the_kept_examples() -> None:
         np.full(6, -1, dtype=np.int64),
         np.zeros(6, dtype=np.int64),
         np.array([0, 0, 1, 1, 1, 2], dtype=np.int64),
+        np.array([(f"turn {i}", f"window {i}") for i in range(6)] + [()], dtype=object)[:6],
     )
     kept = take(rows, [2, 0])
     assert kept.example.tolist() == [0, 1, 1]  # example 2 first, then example 0's two rows
     assert kept.x[:, 0].tolist() == [10.0, 0.0, 2.0]
     assert kept.harm[1:].tolist() == [0.0, 1.0]
+    assert [t[0] for t in kept.texts] == ["turn 5", "turn 0", "turn 1"]  # texts travel along
 
 
 def test_threshold_keeps_every_benign_source_under_the_budget() -> None:

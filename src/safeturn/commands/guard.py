@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from safeturn.errors import ConfigError
 
 if TYPE_CHECKING:
     from safeturn.data.labelled import SkippedLine
+    from safeturn.guard.train_config import ModeratorTrainConfig
 
 guard_app = typer.Typer(
     name="guard",
@@ -62,6 +64,24 @@ def _callback(bar: Progress) -> Any:
     return update
 
 
+HarmLayersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=6,
+        help="MiniLM layers the harm reader fine-tunes (0: none, the harm scorer reads frozen "
+        "embeddings; quicker, weaker on unseen sources) [default: the training config's]",
+    ),
+]
+
+
+def with_harm_layers(config: ModeratorTrainConfig, harm_layers: int | None) -> ModeratorTrainConfig:
+    """`config` with the harm reader's depth that `--harm-layers` asks for, if it was given."""
+    if harm_layers is None:
+        return config
+    return dataclasses.replace(config, harm_tuned_layers=harm_layers)
+
+
 @guard_app.command("train")
 def train_command(
     data_root: Annotated[
@@ -83,10 +103,11 @@ def train_command(
     max_per_source: Annotated[
         int | None, typer.Option(min=1, help="cap every source at this many seeds (quick runs)")
     ] = None,
+    harm_layers: HarmLayersOpt = None,
 ) -> None:
     """Build harmful and benign dialogues from the seed sets, train, calibrate and save."""
     from safeturn.guard.dataset import DEFAULT_CAPS
-    from safeturn.guard.model import DEFAULT_MODEL_PATH
+    from safeturn.guard.model import DEFAULT_MODEL_PATH, harm_path
     from safeturn.guard.train import ModeratorTrainConfig, train
 
     caps = dict(DEFAULT_CAPS)
@@ -97,6 +118,7 @@ def train_command(
     config = ModeratorTrainConfig(
         data_root=data_root, out=target, seed=seed, caps=caps, image_fraction=image_fraction
     )
+    config = with_harm_layers(config, harm_layers)
     with _progress() as bar:
         model = train(config, progress=_callback(bar))
     meta = model.metadata
@@ -117,7 +139,10 @@ def train_command(
         f"[{model.band[0]:.3f}, {model.band[1]:.3f}]; {meta['images_analyzed']} images OCR'd, "
         f"{meta['texts_embedded']} texts embedded; {time.perf_counter() - start:.0f} s"
     )
-    console.print(f"wrote {escape(str(target))} and {escape(str(target.with_suffix('.json')))}")
+    written = [target, target.with_suffix(".json")]
+    if model.harm is not None:
+        written.append(harm_path(target))
+    console.print(f"wrote {', '.join(escape(str(p)) for p in written)}")
 
 
 EvalDataOpt = Annotated[

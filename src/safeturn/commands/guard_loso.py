@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safeturn.commands.guard import HarmLayersOpt
+
 console = Console()
 
 
@@ -38,17 +40,19 @@ def loso_command(
     seed: Annotated[
         int, typer.Option(help="seed of the draw, the split, the builds and the fit")
     ] = 0,
+    harm_layers: HarmLayersOpt = None,
 ) -> None:
     """Train without each source family in turn and score the family left out.
 
     Each fold trains and calibrates exactly as `guard train` does, on every other source; a
     one-class family is ranked against the other class of the training sources' test split.
     """
-    from safeturn.commands.guard import _callback, _progress
+    from safeturn.commands.guard import _callback, _progress, with_harm_layers
     from safeturn.guard.loso import run_loso
     from safeturn.guard.train import ModeratorTrainConfig
 
     config = ModeratorTrainConfig(data_root=data_root, out=Path("unused.npz"), seed=seed)
+    config = with_harm_layers(config, harm_layers)
     with _progress() as bar:
         report = run_loso(config, family or None, progress=_callback(bar))
     console.print(_loso_table(report))

@@ -99,6 +99,9 @@ class CachedEncoder:
         embed: Embeds a batch of texts (the MiniLM encoder in production, a stub in tests).
         dim: The vector size.
         capacity: Most texts kept (None: unbounded, for training).
+        scored: How many of the last columns are scores rather than embedding coordinates
+            (the harm reader's logit): several images' vectors are pooled by their mean, their
+            scores by the max, so benign images cannot dilute one harmful image's score.
     """
 
     def __init__(
@@ -107,9 +110,13 @@ class CachedEncoder:
         dim: int,
         *,
         capacity: int | None = 20_000,
+        scored: int = 0,
     ) -> None:
+        if not 0 <= scored <= dim:
+            raise ValueError(f"scored columns must be within the {dim}-d vector, got {scored}")
         self._embed = embed
         self.dim = dim
+        self.scored = scored
         self.cache: LruCache[str, FloatArray] = LruCache(capacity)
         self.embedded = 0
         """How many texts went through the encoder (cache misses); tests and benchmarks read it."""

@@ -14,8 +14,10 @@ import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from safeturn.guard.cache import FloatArray
-from safeturn.judges.embedder import embed
+from safeturn.guard.cache import CachedEncoder, FloatArray
+from safeturn.guard.harm_encoder import VECTOR_DIM
+from safeturn.guard.model import ModeratorModel
+from safeturn.judges.embedder import EMBEDDING_DIM, StatesHead, embed
 
 SMALL_BATCH = 8
 """Batches up to this size run single-threaded."""
@@ -34,8 +36,20 @@ def _worker() -> ThreadPoolExecutor:
     )
 
 
-def screening_embed(texts: Sequence[str]) -> FloatArray:
+def screening_embed(texts: Sequence[str], head: StatesHead | None = None) -> FloatArray:
     """`judges.embedder.embed`, single-threaded for small batches (see the module docstring)."""
     if len(texts) > SMALL_BATCH:
-        return embed(texts)
-    return _worker().submit(embed, list(texts)).result()
+        return embed(texts, head=head)
+    return _worker().submit(functools.partial(embed, head=head), list(texts)).result()
+
+
+def model_encoder(model: ModeratorModel, *, capacity: int | None = 20_000) -> CachedEncoder:
+    """The cached encoder that gives `model` the vectors it was trained on.
+
+    A model with a harm reader reads each text's embedding and the reader's logit, computed in
+    one pass; one without reads the plain embedding.
+    """
+    if model.harm is None:
+        return CachedEncoder(screening_embed, EMBEDDING_DIM, capacity=capacity)
+    vectors = functools.partial(screening_embed, head=model.harm)
+    return CachedEncoder(vectors, VECTOR_DIM, capacity=capacity, scored=model.harm.columns)

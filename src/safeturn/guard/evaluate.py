@@ -31,14 +31,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from safeturn.guard.cache import CachedEncoder
 from safeturn.guard.dataset import GuardExample, SeedPlan, load_examples
+from safeturn.guard.encoder import model_encoder
 from safeturn.guard.images import ImageAnalyzer
 from safeturn.guard.keywords import keyword_hits, keyword_score
 from safeturn.guard.model import DEFAULT_MODEL_PATH, ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
 from safeturn.guard.reader import Progress, prime
-from safeturn.judges.embedder import EMBEDDING_DIM, embed
 from safeturn.metrics.roc import auroc, rate, tpr_at_fpr
 from safeturn.schema import Dialogue, Message, Sample
 from safeturn.taxonomy import Category
@@ -345,8 +344,7 @@ def build_moderator(
     if factory is not None:
         return factory(model)
     images = ImageAnalyzer(nudity=None if nudity else (lambda _pixels: 0.0), capacity=None)
-    encoder = CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
-    return DialogueModerator(model, encoder=encoder, images=images)
+    return DialogueModerator(model, encoder=model_encoder(model, capacity=None), images=images)
 
 
 def evaluate(

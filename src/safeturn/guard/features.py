@@ -7,6 +7,8 @@ the embedding of the text OCR read in its images, cheap lexical cues of the atta
 refusing assistant turns just before it) and running counts (turn number, images so far, the
 share of turns with each cue). The window is what resolves references: "How can I steal it?"
 means little alone and a great deal next to "I see a cop car over there, it's running". The
+vectors end with the harm reader's logit of the text when the model has one (`scored`
+columns; several images' vectors are averaged, their logits maxed). The
 model (`model.py`) maps each row to a hidden vector and pools those over the turns so far
 (running max), so one revealing turn is not averaged away by seven innocent ones. Every
 aggregate is a running sum, count or max held in `ConversationState`, so a new turn costs two
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,6 +131,9 @@ def assistant_cues(text: str) -> FloatArray:
 class TurnRecord:
     """Everything the features need from one user turn (and the assistant text before it)."""
 
+    texts: tuple[str, ...]
+    """What the vectors were computed from: the user text, the window text, then the system
+    and image texts (the harm reader's training needs them; never stored)."""
     text_vector: FloatArray
     """Embedding of the user text (zeros for an image-only turn)."""
     window_vector: FloatArray
@@ -156,6 +162,8 @@ class ConversationState:
     """
 
     dim: int
+    scored: int = 0
+    """The last `scored` columns of a vector are scores, pooled over images by max."""
     turns: int = 0
     digests: list[str] = field(default_factory=list)
     """Digests of every message consumed so far (all roles), in order."""
@@ -188,12 +196,13 @@ class ConversationState:
 
     def clear(self) -> None:
         """Forget everything (the dialogue no longer extends what this state read)."""
-        self.__dict__.update(ConversationState(dim=self.dim).__dict__)
+        self.__dict__.update(ConversationState(dim=self.dim, scored=self.scored).__dict__)
 
     def copy(self) -> ConversationState:
         """An independent copy (arrays are replaced, never mutated, so they can be shared)."""
         return ConversationState(
             dim=self.dim,
+            scored=self.scored,
             turns=self.turns,
             digests=list(self.digests),
             pending_assistant=list(self.pending_assistant),
@@ -230,11 +239,7 @@ class ConversationState:
             else self.assistant_sum + record.assistant
         )
         self.nudity.append(max(record.nudity, self.nudity[-1] if self.nudity else 0.0))
-        image_vec = (
-            np.mean(np.stack(record.image_vectors), axis=0)
-            if record.image_vectors
-            else np.zeros(self.dim, dtype=np.float32)
-        )
+        image_vec = pool_images(record.image_vectors, self.dim, self.scored)
         t = float(self.turns)
         scalars = np.array(
             [
@@ -262,6 +267,21 @@ class ConversationState:
                 self.assistant_sum / t,
             ]
         ).astype(np.float32)
+
+
+def pool_images(vectors: Sequence[FloatArray], dim: int, scored: int) -> FloatArray:
+    """One vector for a turn's image texts: the mean embedding, and the max of each score.
+
+    A mean lets five innocent images water down the one that spells out a harmful request;
+    the embedding is only context for the category and strategy heads, the score decides.
+    """
+    if not vectors:
+        return np.zeros(dim, dtype=np.float32)
+    stacked = np.stack(vectors)
+    pooled = stacked.mean(axis=0)
+    if scored:
+        pooled[dim - scored :] = stacked[:, dim - scored :].max(axis=0)
+    return np.asarray(pooled, dtype=np.float32)
 
 
 def feature_dim(dim: int) -> int:

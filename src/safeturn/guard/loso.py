@@ -42,6 +42,7 @@ from safeturn.guard.train import (
     running_max_logits,
     take,
 )
+from safeturn.guard.train_harm import score_rows
 from safeturn.metrics.roc import auroc, rate, threshold_at_fpr
 
 logger = logging.getLogger(__name__)
@@ -132,12 +133,17 @@ def run_fold(prepared: Prepared, family: str, config: ModeratorTrainConfig) -> d
         take(prepared.rows, index["validation"]),
         [examples[i] for i in index["validation"]],
         config,
+        prepared.states,
     )
     held_examples = [examples[i] for i in held]
     index["test"] = [i for i in index["test"] if examples[i].source != CONTRAST_SOURCE]
     test_examples = [examples[i] for i in index["test"]]
-    held_risk = dialogue_risks(model, take(prepared.rows, held), held_examples)
-    test_risk = dialogue_risks(model, take(prepared.rows, index["test"]), test_examples)
+    held_rows, test_rows = (
+        score_rows(model.harm, take(prepared.rows, keep), prepared.states)
+        for keep in (held, index["test"])
+    )
+    held_risk = dialogue_risks(model, held_rows, held_examples)
+    test_risk = dialogue_risks(model, test_rows, test_examples)
     report = score_family(held_examples, held_risk, test_examples, test_risk, model.threshold)
     report["trained_on"] = sorted({examples[i].source for i in index["train"]})
     report["validation_fpr_by_benign_source"] = {

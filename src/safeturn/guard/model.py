@@ -1,13 +1,16 @@
 """The fast stage's trained networks, evaluated in numpy: no torch at screening time.
 
-**Harm** is scored by one small scorer g (an MLP over a single sentence embedding) applied to
-each *channel* of a turn: the turn's own text, the window of turns ending with it, and the text
-read in its images. The turn's harm logit is the highest of its channels, and the dialogue's
-is the running maximum over its turns. Sharing g across channels means text in an image is
-judged exactly like typed text, and reading only embeddings (no template cues, counts or
-lengths) leaves little for a model to learn about *which dataset* a dialogue came from: on
-sources left out of training it beats a network over the whole feature row (see `loso.py`).
-A harmless opening cannot dilute a later request: the maximum only grows.
+**Harm** is scored by one small scorer g (an MLP over one text's vector) applied to each
+*channel* of a turn: the turn's own text, the window of turns ending with it, and the text
+read in its images. A text's vector is its sentence embedding followed, when the model has a
+harm reader (`harm_encoder.py`), by the reader's logit: MiniLM's top layers fine-tuned on the
+same task, which tells "kill a process" from "kill a person" where the frozen embedding cannot.
+The turn's harm logit is the highest of its channels, and the dialogue's is the running
+maximum over its turns. Sharing g across channels means text in an image is judged exactly
+like typed text, and reading only the texts (no template cues, counts or lengths) leaves
+little for a model to learn about *which dataset* a dialogue came from: on sources left out
+of training it beats a network over the whole feature row (see `loso.py`). A harmless opening
+cannot dilute a later request: the maximum only grows.
 
 **Category and strategy** come from the network below, which reads the whole feature row.
 
@@ -23,7 +26,8 @@ Harm is calibrated by Platt
 scaling of the *running maximum* of the harm logit, fitted on the validation split: the
 reported risk of a conversation never falls once a turn revealed harmful intent, and because
 the Platt map is monotone, calibrating the maximum is the same as taking the maximum of the
-calibrated per-turn risks. Weights ship as `.npz` (float16) with a `.json` of metadata beside.
+calibrated per-turn risks. Weights ship as `.npz` (float16) with a `.json` of metadata beside,
+and the harm reader's tuned layers as `.harm.safetensors` (`harm_path`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy.typing as npt
 
 from safeturn.errors import PrerequisiteError
 from safeturn.guard.features import FEATURE_RECIPE, FloatArray
+from safeturn.guard.harm_encoder import HarmEncoder
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "moderator.npz"
 """The moderator shipped with safeturn; its metadata is `moderator.json` beside it."""
@@ -95,6 +100,9 @@ class ModeratorModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     pools: tuple[str, ...] = ("last", "max")
     """Which of `POOLS` the second layer reads, in `POOLS` order."""
+    harm: HarmEncoder | None = None
+    """The fine-tuned harm reader whose logit ends each text's vector (`harm_encoder.py`);
+    None for a model on plain embeddings. Saved beside the weights (`harm_path`)."""
 
     @property
     def input_dim(self) -> int:
@@ -172,6 +180,10 @@ class ModeratorModel:
             "band": list(self.band),
             "pools": list(self.pools),
         }
+        meta.pop("harm_reader", None)
+        if self.harm is not None:
+            self.harm.save(harm_path(path))
+            meta["harm_reader"] = harm_path(path).name
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     def rounded(self) -> ModeratorModel:
@@ -186,6 +198,7 @@ class ModeratorModel:
             self.band,
             self.metadata,
             self.pools,
+            None if self.harm is None else self.harm.rounded(),
         )
 
     @classmethod
@@ -209,6 +222,11 @@ class ModeratorModel:
             pools = tuple(str(p) for p in meta.get("pools", POOLS))
             if not pools or any(p not in POOLS for p in pools):
                 raise ValueError(f"unknown pools {pools}; known: {POOLS}")
+            harm = (
+                HarmEncoder.load(path.parent / str(meta["harm_reader"]), hint)
+                if meta.get("harm_reader")
+                else None
+            )
             model = cls(
                 arrays,
                 platt,
@@ -218,6 +236,7 @@ class ModeratorModel:
                 band,
                 meta,
                 pools,
+                harm,
             )
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise PrerequisiteError(
@@ -235,6 +254,11 @@ class ModeratorModel:
         if arrays["w2"].shape[0] != len(model.pools) * arrays["w1"].shape[1]:
             raise PrerequisiteError(f"moderator model {path}: its layers do not match its pools")
         return model
+
+
+def harm_path(path: Path) -> Path:
+    """Where the harm reader of the model saved at `path` lives."""
+    return path.with_suffix(".harm.safetensors")
 
 
 def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

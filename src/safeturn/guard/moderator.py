@@ -33,14 +33,13 @@ import numpy as np
 from safeturn.errors import PrerequisiteError
 from safeturn.guard.base import ModerationResult, StrategyName
 from safeturn.guard.cache import CachedEncoder, LruCache, message_digest
-from safeturn.guard.encoder import screening_embed
+from safeturn.guard.encoder import model_encoder
 from safeturn.guard.features import USER_CUES, ConversationState, FloatArray, feature_dim
 from safeturn.guard.image_pool import ImageBatch
 from safeturn.guard.images import ImageAnalyzer, ImageSignals, current_batch
 from safeturn.guard.llm_stage import LlmStage, LlmVerdict
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import DialogueReader
-from safeturn.judges.embedder import EMBEDDING_DIM
 from safeturn.resources import AsyncResource
 from safeturn.schema import Dialogue, ImagePart
 from safeturn.taxonomy import Category
@@ -124,7 +123,7 @@ class DialogueModerator(AsyncResource):
         self.band = (lo, hi)
         self.llm = llm
         self.policies = policies
-        self.encoder = encoder or CachedEncoder(screening_embed, EMBEDDING_DIM)
+        self.encoder = encoder or model_encoder(model)
         if feature_dim(self.encoder.dim) != model.input_dim:
             raise PrerequisiteError(
                 f"moderator model expects {model.input_dim} features, but {self.encoder.dim}-d "

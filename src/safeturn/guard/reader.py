@@ -28,6 +28,8 @@ from safeturn.schema import Dialogue, ImagePart, Message
 
 RowCallback = Callable[[ConversationState, FloatArray], None]
 """Called once per new user turn with the advanced state and that turn's feature row."""
+RecordCallback = Callable[[TurnRecord], None]
+"""Called once per new user turn with what the row was made of (training reads the texts)."""
 
 
 class DialogueReader:
@@ -44,7 +46,7 @@ class DialogueReader:
 
     def new_state(self) -> ConversationState:
         """An empty state for a new conversation."""
-        return ConversationState(dim=self.encoder.dim)
+        return ConversationState(dim=self.encoder.dim, scored=self.encoder.scored)
 
     def extend(
         self,
@@ -54,6 +56,7 @@ class DialogueReader:
         *,
         label: str = "dialogue",
         digests: Sequence[str] | None = None,
+        on_record: RecordCallback | None = None,
     ) -> tuple[ConversationState, bool]:
         """Consume the messages of `dialogue` that `state` has not seen.
 
@@ -63,6 +66,7 @@ class DialogueReader:
             on_row: Receives each new turn's feature row (the model scores it there).
             label: Names the dialogue in image errors.
             digests: The messages' digests when the caller has them already.
+            on_record: Receives each new turn's record before its row is made.
 
         Returns:
             `state`, now covering `dialogue`, and whether what it held was reused.
@@ -91,8 +95,10 @@ class DialogueReader:
                 elif message.text.strip():
                     state.pending_context.append(message.text)
                 continue
-            window = vectors[windows.pop(0)]
+            window = windows.pop(0)
             record = _record(message, [*state.pending_images, *signals[i]], vectors, window, state)
+            if on_record is not None:
+                on_record(record)
             state.pending_assistant, state.pending_context, state.pending_images = [], [], []
             state.recent_user = [*state.recent_user, message.text][-(WINDOW_TURNS - 1) :]
             on_row(state, state.advance(record))
@@ -136,17 +142,18 @@ def _record(
     message: Message,
     signals: list[ImageSignals],
     vectors: dict[str, FloatArray],
-    window: FloatArray,
+    window: str,
     state: ConversationState,
 ) -> TurnRecord:
     text = message.text
-    context = [vectors[t] for t in state.pending_context]
+    others = [*state.pending_context, *(s.text for s in signals if s.text.strip())]
     return TurnRecord(
+        texts=(text, window, *others),
         text_vector=vectors[text],
-        window_vector=window,
+        window_vector=vectors[window],
         chars=len(text.strip()),
         images=tuple(signals),
-        image_vectors=(*context, *(vectors[s.text] for s in signals if s.text.strip())),
+        image_vectors=tuple(vectors[t] for t in others),
         cues=user_cues(text),
         assistant=assistant_cues("\n".join(state.pending_assistant)),
     )

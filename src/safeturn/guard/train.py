@@ -35,6 +35,7 @@ from safeturn.guard.reader import DialogueReader, Progress
 from safeturn.guard.train_calibrate import fit_model, fit_platt, source_thresholds
 from safeturn.guard.train_config import CATEGORIES, LABEL_RULE, ModeratorTrainConfig
 from safeturn.guard.train_fit import fit_network, fit_scorer
+from safeturn.guard.train_harm import row_texts, score_texts, scored_encoder
 from safeturn.guard.train_rows import (
     Prepared,
     Rows,
@@ -44,7 +45,7 @@ from safeturn.guard.train_rows import (
     running_max_logits,
     take,
 )
-from safeturn.judges.embedder import EMBEDDER_PIN, EMBEDDING_DIM
+from safeturn.judges.embedder import EMBEDDER_PIN
 
 __all__ = [
     "CATEGORIES",
@@ -99,11 +100,17 @@ def train(
     by_split, rows = _splits(prepared)
     clock = time.perf_counter()
     model, validation = fit_model(
-        rows["train"], by_split["train"], rows["validation"], by_split["validation"], config
+        rows["train"],
+        by_split["train"],
+        rows["validation"],
+        by_split["validation"],
+        config,
+        prepared.states,
     )
     timings["fit_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    test = _test_metrics(model, prepared.reader, by_split["test"], evaluator)
+    reader = DialogueReader(_test_encoder(model, prepared, rows["test"]), prepared.reader.images)
+    test = _test_metrics(model, reader, by_split["test"], evaluator)
     timings["test_s"] = time.perf_counter() - clock
     metadata = _metadata(config, model, prepared, rows, validation, test)
     model = dataclasses.replace(model, metadata=metadata)
@@ -125,6 +132,14 @@ def _splits(prepared: Prepared) -> tuple[dict[Split, list[GuardExample]], dict[S
             raise PrerequisiteError(f"the {name} split has no harmful/benign mix; add seeds")
     rows = {name: take(prepared.rows, keep) for name, keep in index.items()}
     return by_split, rows
+
+
+def _test_encoder(model: ModeratorModel, prepared: Prepared, test: Rows) -> CachedEncoder:
+    """The training cache, with the trained harm reader's logits in it when there is one."""
+    if model.harm is None or prepared.states is None:
+        return prepared.reader.encoder
+    logits = score_texts(model.harm, row_texts(test), prepared.states)
+    return scored_encoder(prepared.reader.encoder, model.harm, logits)
 
 
 def _test_metrics(
@@ -152,9 +167,15 @@ def _metadata(
     """What the saved model says about how it was made and how well it did."""
     plan = config.plan()
     return {
-        "model": f"per turn {feature_dim(EMBEDDING_DIM)}→{config.hidden} (ReLU), pooled "
-        f"[{', '.join(model.pools)}] → {config.hidden2} (ReLU) → harm / category / "
-        f"strategy heads; float16 weights; {EMBEDDER_PIN}; OCR via rapidocr-onnxruntime",
+        "model": f"per turn {feature_dim(prepared.reader.encoder.dim)}→{config.hidden} "
+        f"(ReLU), pooled [{', '.join(model.pools)}] → {config.hidden2} (ReLU) → harm / "
+        f"category / strategy heads; float16 weights; {EMBEDDER_PIN}"
+        + (
+            f" with its top {model.harm.tuned_layers} layers tuned as the harm reader"
+            if model.harm is not None
+            else ""
+        )
+        + "; OCR via rapidocr-onnxruntime",
         "command": f"safeturn guard train --data-root DATA --seed {config.seed} --out OUT",
         "trained_on": dt.date.today().isoformat(),
         "seed": config.seed,

@@ -15,12 +15,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from safeturn.errors import ConfigError
 from safeturn.guard.base import STRATEGY_NAMES
 from safeturn.guard.dataset import CONTRAST_SOURCE, GuardExample
 from safeturn.guard.features import SCALAR_NAMES, FloatArray
 from safeturn.guard.model import CHANNELS, POOLS, ModeratorModel
 from safeturn.guard.train_config import CATEGORIES, ModeratorTrainConfig
 from safeturn.guard.train_fit import fit_network, fit_scorer
+from safeturn.guard.train_harm import FrozenStates, fit_harm_reader, score_rows
 from safeturn.guard.train_rows import Rows, dialogue_scores, running_max_logits
 from safeturn.metrics.roc import auroc, rate, threshold_at_fpr
 
@@ -92,13 +94,28 @@ def fit_model(
     val_rows: Rows,
     val_examples: Sequence[GuardExample],
     config: ModeratorTrainConfig,
+    states: FrozenStates | None = None,
 ) -> tuple[ModeratorModel, dict[str, Any]]:
     """Fit, round, calibrate and set the threshold and band; (model, validation report).
 
-    The threshold is the highest of the per-benign-source thresholds at `target_fpr`, so no
-    benign source seen in validation is flagged more often than that; the band is set the same
-    way at `band_fprs`.
+    With `config.harm_tuned_layers`, the harm reader is fine-tuned first, rounded as it will
+    be stored, and its logits are written into the rows the networks then fit on (`states`
+    holds the frozen layers' outputs). The threshold is the highest of the per-benign-source
+    thresholds at `target_fpr`, so no benign source seen in validation is flagged more often
+    than that; the band is set the same way at `band_fprs`.
+
+    Raises:
+        ConfigError: A harm reader is configured but no `states` were given.
     """
+    harm, harm_report = None, None
+    if config.harm_tuned_layers:
+        if states is None:
+            raise ConfigError("training a harm reader needs the frozen states (prepare makes them)")
+        fitted, harm_report = fit_harm_reader(
+            train_rows, val_rows, config, states, _weights(train_examples, config)
+        )
+        harm = fitted.rounded()
+        train_rows, val_rows = (score_rows(harm, r, states) for r in (train_rows, val_rows))
     arrays, epochs = _fit_arrays(train_rows, train_examples, val_rows, config)
     pools = tuple(p for p in POOLS if p in config.pools)
     draft = ModeratorModel(
@@ -122,10 +139,27 @@ def fit_model(
     )
     validation = _Validation(val_z, val_risk, harmful, final, sources)
     report = _report(epochs, val_rows, validation, threshold, (lo, hi), per_source)
+    if harm_report is not None:
+        report["harm_reader"] = harm_report
     model = ModeratorModel(
-        calibrated.arrays, platt, CATEGORIES, STRATEGY_NAMES, threshold, (lo, hi), pools=pools
+        calibrated.arrays,
+        platt,
+        CATEGORIES,
+        STRATEGY_NAMES,
+        threshold,
+        (lo, hi),
+        pools=pools,
+        harm=harm,
     )
     return model, report
+
+
+def _weights(examples: Sequence[GuardExample], config: ModeratorTrainConfig) -> FloatArray:
+    """Per training dialogue, its weight in the harm losses (`natural_harmful_weight`)."""
+    return np.array(
+        [config.natural_harmful_weight if e.natural and e.harmful else 1.0 for e in examples],
+        dtype=np.float32,
+    )
 
 
 def _fit_arrays(
@@ -140,11 +174,7 @@ def _fit_arrays(
     """
     arrays, epochs = fit_network(train_rows, val_rows, config)
     dim = (train_rows.x.shape[1] - len(SCALAR_NAMES)) // CHANNELS
-    weights = np.array(
-        [config.natural_harmful_weight if e.natural and e.harmful else 1.0 for e in train_examples],
-        dtype=np.float32,
-    )
-    arrays |= fit_scorer(train_rows, val_rows, config, dim, weights)
+    arrays |= fit_scorer(train_rows, val_rows, config, dim, _weights(train_examples, config))
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, epochs
 
 

@@ -60,6 +60,17 @@ class ModeratorTrainConfig:
     """Loss weight of a harmful dialogue written by people (hh-rlhf). Their label is noisy:
     some red-teamers only ask mild questions, and at full weight the scorer learns that any
     casual "how can I ..." is harmful."""
+    harm_tuned_layers: int = 2
+    """MiniLM layers the harm reader fine-tunes (`harm_encoder.py`); 0 trains none, and the
+    harm scorer reads the frozen embeddings alone (the stub-encoder tests do that)."""
+    harm_hidden: int = 64
+    harm_dropout: float = 0.3
+    harm_layer_lr: float = 3e-5
+    harm_head_lr: float = 1e-3
+    harm_epochs: int = 1
+    """One pass: a second moved the XSTest fold by +0.01 AUROC for twice the time on 2 CPUs."""
+    harm_batch: int = 16
+    """Dialogues per step of the harm reader."""
     leave_out: tuple[str, ...] = ()
     """Sources left out of every split (leave-one-source-out runs)."""
 
@@ -71,6 +82,11 @@ class ModeratorTrainConfig:
         unknown = sorted(set(self.caps) - set(DEFAULT_CAPS))
         if unknown:
             raise ConfigError(f"unknown seed sources {unknown}; known: {sorted(DEFAULT_CAPS)}")
+        if not 0 <= self.harm_tuned_layers <= 6 or self.harm_epochs < 1 or self.harm_batch < 1:
+            raise ConfigError(
+                "harm_tuned_layers must be in [0, 6] (MiniLM has 6), harm_epochs and harm_batch "
+                f">= 1; got {self.harm_tuned_layers}, {self.harm_epochs}, {self.harm_batch}"
+            )
         if not self.pools or any(p not in POOLS for p in self.pools):
             raise ConfigError(f"pools must be a non-empty subset of {POOLS}, got {self.pools}")
 

@@ -16,14 +16,17 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from safeturn.errors import ConfigError
 from safeturn.guard.base import STRATEGY_NAMES
 from safeturn.guard.cache import CachedEncoder
 from safeturn.guard.dataset import GuardExample, load_examples
-from safeturn.guard.features import ConversationState, FloatArray, feature_dim
+from safeturn.guard.features import ConversationState, FloatArray, TurnRecord, feature_dim
+from safeturn.guard.harm_encoder import VECTOR_DIM
 from safeturn.guard.images import ImageAnalyzer, no_nudity
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.reader import DialogueReader, Progress, prime, stack_rows
 from safeturn.guard.train_config import CATEGORIES, ModeratorTrainConfig
+from safeturn.guard.train_harm import FrozenStates
 from safeturn.judges.embedder import EMBEDDING_DIM, embed
 
 
@@ -38,6 +41,9 @@ class Rows(NamedTuple):
     strategy: npt.NDArray[np.int64]
     example: npt.NDArray[np.int64]
     """Which example (index into the list given) each row belongs to."""
+    texts: npt.NDArray[np.object_]
+    """Per row, the texts its vectors came from (`TurnRecord.texts`): the harm reader trains
+    on them and `train_harm.with_logits` fills the rows' logit columns from them."""
 
 
 def featurize(reader: DialogueReader, examples: Sequence[GuardExample]) -> Rows:
@@ -47,12 +53,16 @@ def featurize(reader: DialogueReader, examples: Sequence[GuardExample]) -> Rows:
     cats: list[int] = []
     strats: list[int] = []
     owner: list[int] = []
+    texts: list[tuple[str, ...]] = []
 
     def collect(_state: ConversationState, row: FloatArray) -> None:
         rows.append(row)
 
+    def collect_texts(record: TurnRecord) -> None:
+        texts.append(record.texts)
+
     for index, example in enumerate(examples):
-        reader.extend(reader.new_state(), example.sample.dialogue, collect)
+        reader.extend(reader.new_state(), example.sample.dialogue, collect, on_record=collect_texts)
         labels = example.labels()
         cat = CATEGORIES.index(example.category.value) if example.category else -1
         strat = STRATEGY_NAMES.index(example.strategy)
@@ -66,7 +76,15 @@ def featurize(reader: DialogueReader, examples: Sequence[GuardExample]) -> Rows:
         np.asarray(cats, dtype=np.int64),
         np.asarray(strats, dtype=np.int64),
         np.asarray(owner, dtype=np.int64),
+        _objects(texts),
     )
+
+
+def _objects(items: Sequence[tuple[str, ...]]) -> npt.NDArray[np.object_]:
+    """A 1-d object array of tuples (numpy would make a 2-d array of equal-length ones)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = list(items)
+    return out
 
 
 def take(rows: Rows, keep: Sequence[int]) -> Rows:
@@ -81,7 +99,12 @@ def take(rows: Rows, keep: Sequence[int]) -> Rows:
     order = np.flatnonzero(new >= 0)
     order = order[np.argsort(new[order], kind="stable")]
     return Rows(
-        rows.x[order], rows.harm[order], rows.category[order], rows.strategy[order], new[order]
+        rows.x[order],
+        rows.harm[order],
+        rows.category[order],
+        rows.strategy[order],
+        new[order],
+        rows.texts[order],
     )
 
 
@@ -117,6 +140,18 @@ class Prepared(NamedTuple):
     """Rows of `examples`, in order."""
     reader: DialogueReader
     timings: dict[str, float]
+    states: FrozenStates | None = None
+    """The frozen layers' outputs of every text, for the harm reader (None: no reader)."""
+
+
+def unscored_vectors(texts: Sequence[str]) -> FloatArray:
+    """Embeddings with a zero harm-logit column, for reading the training dialogues.
+
+    The rows' logits are set once a reader is trained (`train_harm.with_logits`), so the
+    texts are embedded once for every fold of a leave-one-source-out run.
+    """
+    vectors = embed(texts)
+    return np.concatenate([vectors, np.zeros((len(texts), 1), dtype=np.float32)], axis=1)
 
 
 def prepare(
@@ -130,7 +165,14 @@ def prepare(
 
     Raises:
         PrerequisiteError: The data is missing.
+        ConfigError: A harm reader is to be trained but `encoder` has no score column.
     """
+    reading = config.harm_tuned_layers > 0
+    if encoder is not None and reading and encoder.scored != 1:
+        raise ConfigError(
+            "training a harm reader needs an encoder with one score column (scored=1); "
+            "set harm_tuned_layers=0 to train on plain embeddings"
+        )
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     examples = [
@@ -139,7 +181,12 @@ def prepare(
         if e.source not in config.leave_out
     ]
     timings["build_s"] = time.perf_counter() - clock
-    encoder = encoder or CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
+    if encoder is None:
+        encoder = (
+            CachedEncoder(unscored_vectors, VECTOR_DIM, capacity=None, scored=1)
+            if reading
+            else CachedEncoder(embed, EMBEDDING_DIM, capacity=None)
+        )
     analyzer = analyzer or ImageAnalyzer(nudity=no_nudity, capacity=None)
     reader = DialogueReader(encoder, analyzer)
     clock = time.perf_counter()
@@ -148,4 +195,5 @@ def prepare(
     clock = time.perf_counter()
     rows = featurize(reader, examples)
     timings["features_s"] = time.perf_counter() - clock
-    return Prepared(examples, rows, reader, timings)
+    states = FrozenStates(config.harm_tuned_layers) if reading else None
+    return Prepared(examples, rows, reader, timings, states)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,11 +111,8 @@ def _torch_modules() -> tuple[Any, Any]:
         def forward(
             self, states: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor
         ) -> torch.Tensor:
-            weights = mask.unsqueeze(-1).to(states.dtype)
-            mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-            top = states.masked_fill(weights == 0, -1e4).max(dim=1).values
             extra = extra.to(states.dtype)
-            pooled = torch.cat([mean, top, extra], dim=-1)
+            pooled = torch.cat([mean_max_pool(states, mask), extra], dim=-1)
             hidden = torch.nn.functional.gelu(self.hidden(pooled))
             logits: torch.Tensor = self.out(hidden) + self.direct(extra)
             return logits
@@ -131,13 +128,7 @@ def _torch_modules() -> tuple[Any, Any]:
         def forward(
             self, hidden: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor
         ) -> torch.Tensor:
-            additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(
-                hidden.dtype
-            ).min
-            for layer in self.layers:
-                out = layer(hidden, attention_mask=additive)
-                hidden = out[0] if isinstance(out, tuple) else out
-            logits: torch.Tensor = self.head(hidden, mask, extra)
+            logits: torch.Tensor = self.head(through_layers(self.layers, hidden, mask), mask, extra)
             return logits
 
     return Head, Top
@@ -187,12 +178,28 @@ def frozen_states(model: Any, ids: torch.Tensor, mask: torch.Tensor, frozen: int
 
     with torch.inference_mode():
         hidden = model.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
-        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        for layer in model.encoder.layer[:frozen]:
-            out = layer(hidden, attention_mask=additive)
-            hidden = out[0] if isinstance(out, tuple) else out
-    states: torch.Tensor = hidden
-    return states
+        return through_layers(model.encoder.layer[:frozen], hidden, mask)
+
+
+def mean_max_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[mean, max] of the token states over the non-padding tokens: (texts, 2 x width)."""
+    import torch
+
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    top = states.masked_fill(weights == 0, -1e4).max(dim=1).values
+    return torch.cat([mean, top], dim=-1)
+
+
+def through_layers(layers: Iterable[Any], hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token states after BERT `layers`, padding (mask 0) hidden from attention."""
+    import torch
+
+    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    for layer in layers:
+        out = layer(hidden, attention_mask=additive)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def new_top(tuned_layers: int, head_hidden: int, seed: int) -> Any:

@@ -20,7 +20,7 @@ import importlib.util
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,20 @@ TOKEN_BUDGET = 2048
 
 ENCODER_LOCK = threading.Lock()
 """Serialises forward passes on the shared encoder (and its first load) across threads."""
+
+
+class StatesHead(Protocol):
+    """Extra columns computed from the encoder's hidden states in the same forward pass.
+
+    `embed(..., head=...)` appends them to each embedding, so a model reading a text both ways
+    (its sentence embedding and a fine-tuned score) pays for the shared layers once.
+    """
+
+    columns: int
+
+    def __call__(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
+        """(texts, `columns`) values from every layer's output (embeddings first) and the mask."""
+        ...
 
 
 def model_dir() -> Path:
@@ -103,6 +117,7 @@ def embed(
     batch_size: int = 32,
     token_budget: int = TOKEN_BUDGET,
     precision: str | None = None,
+    head: StatesHead | None = None,
 ) -> npt.NDArray[np.float32]:
     """Embed texts as unit-length 384-d vectors (all-MiniLM-L6-v2, mean pooling, L2 norm).
 
@@ -116,9 +131,10 @@ def embed(
         token_budget: Most padded tokens per forward pass.
         precision: `auto`, `bf16` or `fp32` (the reference); None reads
             `$SAFETURN_INFERENCE_PRECISION` (default `auto`, see `fast_inference`).
+        head: Extra columns from the hidden states of the same pass, appended to each vector.
 
     Returns:
-        A float32 array of shape `(len(texts), 384)`.
+        A float32 array of shape `(len(texts), 384)`, plus `head.columns` columns with a head.
 
     Raises:
         PrerequisiteError: The model package is missing.
@@ -128,7 +144,8 @@ def embed(
         >>> embed(["a cat", "a dog"]).shape  # doctest: +SKIP
         (2, 384)
     """
-    out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    extra = 0 if head is None else head.columns
+    out = np.zeros((len(texts), EMBEDDING_DIM + extra), dtype=np.float32)
     if not texts:
         return out
     import torch
@@ -147,7 +164,10 @@ def embed(
                 ids[row, : lengths[i]] = torch.tensor(encoded[i])
                 mask[row, : lengths[i]] = 1
             with torch.inference_mode():
-                hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                result = model(input_ids=ids, attention_mask=mask, output_hidden_states=extra > 0)
+                hidden = result.last_hidden_state.float()
                 pooled = functional.normalize(_mean_pool(hidden, mask), dim=-1)
+                if head is not None:
+                    pooled = torch.cat([pooled, head(result.hidden_states, mask).float()], -1)
             out[chunk] = pooled.numpy()
     return out
