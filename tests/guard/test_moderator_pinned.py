@@ -1,8 +1,8 @@
 """The shipped moderator scores three real dialogues exactly as it did when they were pinned.
 
 A refactor of the reader, the features or the model must not move a score: these numbers
-were computed on CPU with the model retrained for issue 13 (advice questions out, MM-SafetyBench
-and the look-alike pairs in); a retrain re-pins them.
+were computed on CPU with the model retrained for issue 13 with its harm reader (MiniLM's top
+two layers fine-tuned); a retrain re-pins them.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from safeturn.data.registry import load_dataset
-from safeturn.guard.cache import CachedEncoder
+from safeturn.guard.encoder import model_encoder
 from safeturn.guard.images import ImageAnalyzer
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
-from safeturn.judges.embedder import EMBEDDING_DIM, embed
 from safeturn.models.bridge import OcrBridge
 from safeturn.taxonomy import Category
 
@@ -29,17 +28,17 @@ PINNED = [
         "hh-rlhf:hh-rlhf-harmless/harmless-base-test.jsonl.gz",
         2,
         "hh-rlhf-3",
-        [0.9456037224795872, 0.9546306949795778],
+        [0.9638683407277642, 0.9649060789639073],
         True,
         Category.ILLEGAL_ACTIVITY,
         "none",
-        2,
+        1,
     ),
     (
         "mtbench101:mtbench101/mtbench101_train_tasks.jsonl",
         0,
         "mtbench101-IC-72",
-        [0.036030727425860824, 0.2970238289629277, 0.2970238289629277],
+        [0.020564629731697794, 0.146901963669104, 0.146901963669104],
         False,
         None,
         "none",
@@ -49,7 +48,7 @@ PINNED = [
         "figstep:figstep",
         0,
         "figstep-1-1",
-        [0.9960280942095129],
+        [0.9922832561952758],
         True,
         Category.WEAPONS_CBRN,
         "typography",
@@ -77,9 +76,10 @@ def test_shipped_moderator_scores_real_dialogues_as_pinned(
     source, relative = spec.split(":", 1)
     sample = load_dataset(f"{source}:{shared_data / relative}", limit=index + 1).samples[index]
     assert sample.id == sample_id
+    model = ModeratorModel.load()
     moderator = DialogueModerator(
-        ModeratorModel.load(),
-        encoder=CachedEncoder(embed, EMBEDDING_DIM),
+        model,
+        encoder=model_encoder(model),
         images=ImageAnalyzer(OcrBridge(disk_cache=False)),
     )
     result = moderator.screen_sync(sample.dialogue)
