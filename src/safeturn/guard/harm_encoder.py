@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.errors import PrerequisiteError
-from safeturn.judges.cross_encoder import base_encoder, mean_max_pool, through_layers
+from safeturn.judges.cross_encoder import base_encoder, mean_max_pool, through_layers, tuned_copies
 from safeturn.judges.embedder import EMBEDDER_PIN, EMBEDDING_DIM, embed
 
 if TYPE_CHECKING:
@@ -63,12 +63,8 @@ def _top_class() -> Any:
 
 def new_top(tuned_layers: int, hidden: int, dropout: float, seed: int) -> Any:
     """A trainable top: copies of the base's last `tuned_layers` layers and a fresh head."""
-    import torch
-
-    _, base = base_encoder()
-    torch.manual_seed(seed)
-    layers = [copy.deepcopy(layer) for layer in base.encoder.layer[-tuned_layers:]]
-    top = _top_class()(layers, int(base.config.hidden_size), hidden, dropout)
+    layers, width = tuned_copies(tuned_layers, seed)
+    top = _top_class()(layers, width, hidden, dropout)
     top.requires_grad_(True)  # the shared base is frozen for inference; its copied layers train
     return top
 

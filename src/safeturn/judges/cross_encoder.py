@@ -204,15 +204,25 @@ def through_layers(layers: Iterable[Any], hidden: torch.Tensor, mask: torch.Tens
 
 def new_top(tuned_layers: int, head_hidden: int, seed: int) -> Any:
     """A trainable top: copies of the base's last `tuned_layers` layers and a fresh head."""
+    head_cls, top_cls = _torch_modules()
+    layers, width = tuned_copies(tuned_layers, seed)
+    top = top_cls(layers, head_cls(width, head_hidden))
+    top.requires_grad_(True)  # the shared base is frozen for inference; its copied layers train
+    return top
+
+
+def tuned_copies(tuned_layers: int, seed: int) -> tuple[list[Any], int]:
+    """Trainable copies of the base's last `tuned_layers` layers, and its hidden width.
+
+    The torch seed is set first, so the head a caller creates next is initialised the same
+    way every run.
+    """
     import torch
 
-    head_cls, top_cls = _torch_modules()
     _, model = base_encoder()
     torch.manual_seed(seed)
     layers = [copy.deepcopy(layer) for layer in model.encoder.layer[-tuned_layers:]]
-    top = top_cls(layers, head_cls(model.config.hidden_size, head_hidden))
-    top.requires_grad_(True)  # the shared base is frozen for inference; its copied layers train
-    return top
+    return layers, int(model.config.hidden_size)
 
 
 @dataclass
