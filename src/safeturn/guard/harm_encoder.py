@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.errors import PrerequisiteError
-from safeturn.judges.cross_encoder import base_encoder, mean_max_pool, through_layers, tuned_copies
+from safeturn.judges.cross_encoder import mean_max_pool, through_layers, tuned_copies
 from safeturn.judges.embedder import EMBEDDER_PIN, EMBEDDING_DIM, embed
 
 if TYPE_CHECKING:
@@ -79,12 +79,6 @@ class HarmEncoder:
     columns: int = 1
     _tops: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     """Copies of the top in the base's reduced precision (bfloat16 on CPUs that have it)."""
-
-    @property
-    def frozen_layers(self) -> int:
-        """How many of the base's layers run below the tuned ones."""
-        _, base = base_encoder()
-        return int(base.config.num_hidden_layers) - self.tuned_layers
 
     def __call__(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
         """The harm logit column from the base's hidden states (`embeddings.StatesHead`).

@@ -24,7 +24,7 @@ from safeturn.guard.features import SCALAR_NAMES
 from safeturn.guard.harm_encoder import HarmEncoder, new_top
 from safeturn.guard.model import CHANNELS, EMPTY_LOGIT
 from safeturn.guard.train_config import ModeratorTrainConfig
-from safeturn.judges.cross_encoder import base_encoder, frozen_states
+from safeturn.judges.cross_encoder import base_encoder, frozen_states, pad_ids
 from safeturn.judges.embedder import ENCODER_LOCK, MAX_TOKENS
 from safeturn.judges.fast_inference import length_buckets
 
@@ -50,9 +50,6 @@ class FrozenStates:
         self.tuned_layers = tuned_layers
         self._states: dict[str, torch.Tensor] = {}
 
-    def __len__(self) -> int:
-        return len(self._states)
-
     def ensure(self, texts: Iterable[str]) -> None:
         """Compute the states of every text not seen yet, in length buckets."""
         import torch
@@ -66,7 +63,7 @@ class FrozenStates:
             ids = tokenizer(todo, truncation=True, max_length=MAX_TOKENS)["input_ids"]
         lengths = [len(i) for i in ids]
         for chunk in length_buckets(lengths, batch_size=128, token_budget=TOKEN_BUDGET):
-            batch, mask = _pad([ids[i] for i in chunk])
+            batch, mask = pad_ids([ids[i] for i in chunk])
             with ENCODER_LOCK:
                 hidden = frozen_states(base, batch, mask, frozen)
             for row, i in enumerate(chunk):
@@ -88,18 +85,6 @@ class FrozenStates:
     def length(self, text: str) -> int:
         """Token count of a text whose states are known."""
         return int(self._states[text].shape[0])
-
-
-def _pad(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    width = max(len(i) for i in ids)
-    batch = torch.zeros(len(ids), width, dtype=torch.long)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for row, i in enumerate(ids):
-        batch[row, : len(i)] = torch.tensor(i)
-        mask[row, : len(i)] = 1
-    return batch, mask
 
 
 def row_texts(rows: Rows) -> list[str]:
@@ -195,7 +180,6 @@ def fit_harm_reader(
     """
     import torch
 
-    torch.manual_seed(config.seed)
     top = new_top(config.harm_tuned_layers, config.harm_hidden, config.harm_dropout, config.seed)
     optimizer = torch.optim.AdamW(
         [
@@ -306,7 +290,7 @@ def scored_encoder(
     serving computes, and this gets it without running the encoder again. Texts not given
     are embedded by `harm` on demand.
     """
-    out = CachedEncoder(harm.vectors, plain.dim, capacity=None, scored=1)
+    out = CachedEncoder(harm.vectors, plain.dim, capacity=None, scored=harm.columns)
     for text, logit in logits.items():
         vector = plain.cache.get(text_digest(text))
         if vector is not None:

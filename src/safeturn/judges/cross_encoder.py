@@ -161,14 +161,19 @@ def extras(batch: Sequence[JudgeInput]) -> torch.Tensor:
 
 def pad(batch: Sequence[JudgeInput]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) tensors of a batch, right-padded to its longest input."""
+    return pad_ids([item.ids for item in batch])
+
+
+def pad_ids(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) tensors of token-id lists, right-padded with 0 to the longest."""
     import torch
 
-    width = max(len(x.ids) for x in batch)
+    width = max(len(x) for x in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, item in enumerate(batch):
-        ids[row, : len(item.ids)] = torch.tensor(item.ids)
-        mask[row, : len(item.ids)] = 1
+        ids[row, : len(item)] = torch.tensor(list(item))
+        mask[row, : len(item)] = 1
     return ids, mask
 
 
