@@ -8,6 +8,8 @@ reused) and the moderator finds what it has already read through its content cac
   OCR disk cache is off, so this is a real first sight);
 - incremental turns (2..8, image cached): p50 / p95 per turn on the resend path, and on the
   explicit-state path (one `ConversationState` per conversation);
+- the encoder alone on the same turn texts, with the fused layers and with the transformers
+  modules (`judges/fused_layers.py`), interleaved, and their ratio;
 - peak RSS of the process.
 
 Every user text is made unique (the attack templates repeat sentences across dialogues, which
@@ -19,6 +21,7 @@ Run: `python benchmarks/guard_latency.py [dialogues]` (default 20). Target: p95 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import statistics
 import sys
@@ -28,6 +31,8 @@ from safeturn.attacks import BuildContext, Seed, get_strategy
 from safeturn.guard.images import ImageAnalyzer
 from safeturn.guard.model import ModeratorModel
 from safeturn.guard.moderator import DialogueModerator
+from safeturn.judges.embedder import embed
+from safeturn.judges.fused_layers import unfused
 from safeturn.models.bridge import OcrBridge
 from safeturn.schema import Dialogue, Message, Sample
 
@@ -123,8 +128,34 @@ def main(n: int) -> None:
             f"(n={len(values)})"
         )
     print(f"texts embedded per incremental turn: {texts_per_turn:.2f}")
+    _encoder_paths(dialogues, model)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {peak_mb:.0f} MB")
+
+
+def _encoder_paths(dialogues: list[Dialogue], model: ModeratorModel) -> None:
+    """The encoder alone on (turn, previous turn + turn) pairs: fused layers vs modules."""
+    import torch
+
+    torch.set_num_threads(1)  # as the screening worker runs
+    pairs = []
+    for dialogue in dialogues:
+        users = [m.text for m in dialogue.messages if m.role == "user"]
+        pairs += [[users[i], f"{users[i - 1]}\n{users[i]}"] for i in range(1, len(users))]
+    times: dict[str, list[float]] = {"fused": [], "modules": []}
+    for pair in pairs:  # interleaved, so both paths see the same machine
+        for name in times:
+            with contextlib.nullcontext() if name == "fused" else unfused():
+                t0 = time.perf_counter()
+                embed(pair, head=model.harm)
+                times[name].append(time.perf_counter() - t0)
+    for name, values in times.items():
+        print(
+            f"encoder, 2 texts, {name}: p50 {_ms(values, 0.5):.1f} ms, "
+            f"p95 {_ms(values, 0.95):.1f} ms (n={len(values)})"
+        )
+    ratio = statistics.median(times["fused"]) / statistics.median(times["modules"])
+    print(f"fused / modules, p50: {ratio:.2f}")
 
 
 if __name__ == "__main__":

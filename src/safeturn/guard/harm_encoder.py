@@ -27,8 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from safeturn.errors import PrerequisiteError
-from safeturn.judges.cross_encoder import mean_max_pool, through_layers, tuned_copies
+from safeturn.judges.cross_encoder import mean_max_pool, tuned_copies
 from safeturn.judges.embedder import EMBEDDER_PIN, EMBEDDING_DIM, embed
+from safeturn.judges.fused_layers import run_layers
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +55,7 @@ def _top_class() -> Any:
             self.out = torch.nn.Linear(hidden, 1)
 
         def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            pooled = mean_max_pool(through_layers(self.layers, states, mask), mask)
+            pooled = mean_max_pool(run_layers(self.layers, states, mask), mask)
             logits: torch.Tensor = self.out(self.drop(torch.relu(self.hidden(pooled))))
             return logits.squeeze(-1)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from safeturn.judges.fast_inference import (
     inference_threads,
     torch_threads,
 )
+from safeturn.judges.fused_layers import run_layers
 from safeturn.judges.refusal import THRESHOLD as REFUSAL_THRESHOLD
 from safeturn.judges.refusal import refusal_score
 
@@ -128,7 +129,7 @@ def _torch_modules() -> tuple[Any, Any]:
         def forward(
             self, hidden: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor
         ) -> torch.Tensor:
-            logits: torch.Tensor = self.head(through_layers(self.layers, hidden, mask), mask, extra)
+            logits: torch.Tensor = self.head(run_layers(self.layers, hidden, mask), mask, extra)
             return logits
 
     return Head, Top
@@ -183,7 +184,7 @@ def frozen_states(model: Any, ids: torch.Tensor, mask: torch.Tensor, frozen: int
 
     with torch.inference_mode():
         hidden = model.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
-        return through_layers(model.encoder.layer[:frozen], hidden, mask)
+        return run_layers(model.encoder.layer[:frozen], hidden, mask)
 
 
 def mean_max_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -194,17 +195,6 @@ def mean_max_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
     top = states.masked_fill(weights == 0, -1e4).max(dim=1).values
     return torch.cat([mean, top], dim=-1)
-
-
-def through_layers(layers: Iterable[Any], hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token states after BERT `layers`, padding (mask 0) hidden from attention."""
-    import torch
-
-    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-    for layer in layers:
-        out = layer(hidden, attention_mask=additive)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return hidden
 
 
 def new_top(tuned_layers: int, head_hidden: int, seed: int) -> Any:

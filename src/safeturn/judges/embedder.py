@@ -34,6 +34,7 @@ from safeturn.judges.fast_inference import (
     length_buckets,
     torch_threads,
 )
+from safeturn.judges.fused_layers import layer_states
 
 if TYPE_CHECKING:
     import torch
@@ -164,10 +165,9 @@ def embed(
                 ids[row, : lengths[i]] = torch.tensor(encoded[i])
                 mask[row, : lengths[i]] = 1
             with torch.inference_mode():
-                result = model(input_ids=ids, attention_mask=mask, output_hidden_states=extra > 0)
-                hidden = result.last_hidden_state.float()
-                pooled = functional.normalize(_mean_pool(hidden, mask), dim=-1)
+                states = layer_states(model.encoder.layer, model.embeddings(input_ids=ids), mask)
+                pooled = functional.normalize(_mean_pool(states[-1].float(), mask), dim=-1)
                 if head is not None:
-                    pooled = torch.cat([pooled, head(result.hidden_states, mask).float()], -1)
+                    pooled = torch.cat([pooled, head(tuple(states), mask).float()], -1)
             out[chunk] = pooled.numpy()
     return out
